@@ -1,0 +1,172 @@
+"""Dynamic batching: concurrent requests share one model call, as in TF Serving and Triton.
+
+Requests wait in a bounded queue (counted in images, so memory is bounded). One worker takes the
+first request, waits at most `max_batch_delay_ms` for more (up to `max_batch_size` images, never
+splitting a request), runs the model on a single inference thread and resolves each request's
+future with its own rows. A request cancelled before its batch starts (client gone, timeout) is
+dropped without being computed.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+Infer = Callable[[np.ndarray], np.ndarray]
+
+
+class QueueFull(Exception):
+    """More images are waiting than `max_queue_images`; the caller should retry later."""
+
+
+class BatcherClosed(Exception):
+    """The batcher is draining for shutdown and takes no new work."""
+
+
+@dataclass
+class _Request:
+    images: np.ndarray
+    future: asyncio.Future[np.ndarray]
+    arrived: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """What one model call did; handed to `on_batch` (metrics, tests)."""
+
+    requests: int
+    images: int
+    seconds: float
+
+
+class Batcher:
+    def __init__(
+        self,
+        infer: Infer,
+        *,
+        max_batch_size: int,
+        max_batch_delay_ms: float,
+        max_queue_images: int,
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if max_batch_delay_ms < 0:
+            raise ValueError(f"max_batch_delay_ms must be >= 0, got {max_batch_delay_ms}")
+        if max_queue_images < max_batch_size:
+            raise ValueError(
+                f"max_queue_images ({max_queue_images}) must be >= max_batch_size "
+                f"({max_batch_size})"
+            )
+        self._infer = infer
+        self._max_batch_size = max_batch_size
+        self._max_delay_s = max_batch_delay_ms / 1000
+        self._max_queue_images = max_queue_images
+        self._on_batch = on_batch
+        self._queue: asyncio.Queue[_Request | None] = asyncio.Queue()
+        self._queued_images = 0
+        self._carry: _Request | None = None  # taken from the queue but did not fit the last batch
+        self._closed = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._worker: asyncio.Task[None] | None = None
+
+    @property
+    def queued_images(self) -> int:
+        """Images accepted and not yet handed to the model."""
+        return self._queued_images
+
+    def start(self) -> None:
+        self._worker = asyncio.get_running_loop().create_task(self._run(), name="batcher")
+
+    async def stop(self) -> None:
+        """Refuse new work, finish everything already queued, then stop the worker."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put_nowait(None)
+        if self._worker is not None:
+            await self._worker
+        self._executor.shutdown(wait=True)
+
+    def submit(self, images: np.ndarray) -> asyncio.Future[np.ndarray]:
+        """Queue one request's images; the future resolves to their probabilities, in order."""
+        count = len(images)
+        if self._closed:
+            raise BatcherClosed("the service is shutting down")
+        if not 1 <= count <= self._max_batch_size:
+            raise ValueError(f"a request holds 1..{self._max_batch_size} images, got {count}")
+        if self._queued_images + count > self._max_queue_images:
+            raise QueueFull(f"{self._queued_images} images are already waiting")
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Request(images, future))
+        self._queued_images += count
+        return future
+
+    async def _run(self) -> None:
+        while (batch := await self._next_batch()) is not None:
+            live = [request for request in batch if not request.future.done()]
+            if live:
+                await self._infer_batch(live)
+
+    async def _next_batch(self) -> list[_Request] | None:
+        """Block for the first request, then gather more until size or deadline; None at stop."""
+        if self._carry is not None:
+            first, self._carry = self._carry, None
+        else:
+            first = await self._queue.get()
+            if first is None:
+                return None
+            self._queued_images -= len(first.images)
+        batch, size = [first], len(first.images)
+        deadline = first.arrived + self._max_delay_s
+        while size < self._max_batch_size:
+            timeout = deadline - time.monotonic()
+            try:
+                if not self._queue.empty():
+                    request = self._queue.get_nowait()
+                elif timeout > 0:
+                    request = await asyncio.wait_for(self._queue.get(), timeout)
+                else:
+                    break
+            except TimeoutError:
+                break
+            if request is None:  # stop: finish this batch, then end
+                self._queue.put_nowait(None)
+                break
+            self._queued_images -= len(request.images)
+            if size + len(request.images) > self._max_batch_size:
+                self._carry = request
+                break
+            batch.append(request)
+            size += len(request.images)
+        return batch
+
+    async def _infer_batch(self, batch: list[_Request]) -> None:
+        images = np.concatenate([request.images for request in batch])
+        started = time.monotonic()
+        try:
+            loop = asyncio.get_running_loop()
+            outputs = await loop.run_in_executor(self._executor, self._infer, images)
+            if len(outputs) != len(images):
+                raise RuntimeError(f"model returned {len(outputs)} rows for {len(images)} images")
+        except Exception as exc:
+            logger.exception("inference failed for a batch of %d images", len(images))
+            for request in batch:
+                if not request.future.done():
+                    request.future.set_exception(exc)
+            return
+        seconds = time.monotonic() - started
+        offset = 0
+        for request in batch:
+            rows = outputs[offset : offset + len(request.images)]
+            offset += len(request.images)
+            if not request.future.done():
+                request.future.set_result(rows)
+        if self._on_batch is not None:
+            self._on_batch(BatchStats(requests=len(batch), images=len(images), seconds=seconds))

@@ -1,0 +1,64 @@
+"""Shared dependencies: what a route needs, taken from the app's state set up in the lifespan."""
+
+import secrets
+from concurrent.futures import ThreadPoolExecutor
+from typing import Annotated
+
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader
+
+from app.batcher import Batcher
+from app.errors import ApiError
+from app.model import Classifier
+from app.settings import Settings
+
+
+def get_app_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_classifier(request: Request) -> Classifier:
+    classifier: Classifier | None = getattr(request.app.state, "classifier", None)
+    if classifier is None:
+        raise ApiError(503, "not_ready", "the model is not loaded yet")
+    return classifier
+
+
+def get_batcher(request: Request) -> Batcher:
+    return request.app.state.batcher
+
+
+def get_decode_pool(request: Request) -> ThreadPoolExecutor:
+    return request.app.state.decode_pool
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+ClassifierDep = Annotated[Classifier, Depends(get_classifier)]
+BatcherDep = Annotated[Batcher, Depends(get_batcher)]
+DecodePoolDep = Annotated[ThreadPoolExecutor, Depends(get_decode_pool)]
+
+_api_key_header = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="Needed only when the API_KEY setting is set."
+)
+
+
+def require_api_key(
+    settings: SettingsDep, key: Annotated[str | None, Security(_api_key_header)]
+) -> None:
+    """Optional shared-secret auth for deployments without a gateway in front."""
+    if settings.api_key is None:
+        return
+    expected = settings.api_key.get_secret_value().encode()
+    if key is None or not secrets.compare_digest(key.encode(), expected):
+        raise ApiError(401, "unauthorized", "missing or wrong X-API-Key header")
+
+
+def require_multipart(request: Request) -> None:
+    """Runs before the body is validated, so a JSON or raw upload gets 415, not 'missing files'."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"send multipart/form-data with 'files' parts, not '{content_type or 'no body'}'",
+        )

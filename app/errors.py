@@ -1,0 +1,109 @@
+"""One JSON error shape for everything a client can get wrong, and the handlers that produce it."""
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
+
+from app.schemas import ErrorDetail, ErrorResponse
+
+logger = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error the client should see, with its status, code and the file it concerns."""
+
+    def __init__(
+        self,
+        status_code: int,
+        code: str,
+        message: str,
+        *,
+        file: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+        self.file = file
+        self.headers = headers
+
+
+def error_response(
+    status_code: int,
+    code: str,
+    message: str,
+    file: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = ErrorResponse(error=ErrorDetail(code=code, message=message, file=file))
+    return JSONResponse(body.model_dump(), status_code=status_code, headers=headers)
+
+
+def error_responses(*status_codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries for the given error statuses."""
+    descriptions = {
+        400: "An upload is empty, corrupt or truncated, or the multipart body is malformed.",
+        401: "The API key is missing or wrong.",
+        413: "Too many files, body over MAX_UPLOAD_BYTES, or an image over MAX_IMAGE_PIXELS.",
+        415: "Not multipart/form-data, or a file that is not a supported image format.",
+        422: "A missing `files` field or a query parameter out of range.",
+        503: "The model is not ready, the service is draining, or the queue is full.",
+        504: "The request waited longer than REQUEST_TIMEOUT_S.",
+    }
+    return {
+        code: {"model": ErrorResponse, "description": descriptions[code]} for code in status_codes
+    }
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status_code, exc.code, exc.message, exc.file, exc.headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0]
+    location = ".".join(str(part) for part in first.get("loc", ()))
+    if tuple(first.get("loc", ())) == ("body", "files"):
+        return error_response(
+            422,
+            "missing_files",
+            "send one or more images as multipart/form-data parts named 'files'",
+        )
+    return error_response(422, "invalid_request", f"{location}: {first.get('msg', 'invalid')}")
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    cause = exc.__cause__
+    if isinstance(cause, MultiPartException):
+        # Starlette stops parsing at the first broken limit; say which one.
+        too_many = str(cause).startswith("Too many")
+        return error_response(
+            413 if too_many else 400,
+            "too_many_parts" if too_many else "invalid_multipart",
+            f"malformed or oversized multipart body: {cause}",
+        )
+    if exc.status_code == 413:
+        return error_response(413, "body_too_large", "the request body exceeds MAX_UPLOAD_BYTES")
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    # Never leak a stack trace or a path; the log has the details.
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(500, "internal_error", "internal server error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

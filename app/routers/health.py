@@ -1,0 +1,27 @@
+"""Liveness and readiness, for load balancers and orchestrators."""
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from app.errors import error_response, error_responses
+from app.schemas import HealthResponse, LiveResponse
+
+router = APIRouter(prefix="/health", tags=["health"])
+
+
+@router.get("", response_model=HealthResponse, responses=error_responses(503))
+async def ready(request: Request) -> HealthResponse | JSONResponse:
+    """200 once the model is loaded and warmed up and the process is not draining; else 503."""
+    state = request.app.state
+    if not getattr(state, "ready", False):
+        return error_response(503, "not_ready", "the model is loading or the service is draining")
+    classifier = state.classifier
+    return HealthResponse(
+        status="ok", model=classifier.name, version=classifier.version, labels=classifier.labels
+    )
+
+
+@router.get("/live", response_model=LiveResponse)
+async def live() -> LiveResponse:
+    """200 while the process runs."""
+    return LiveResponse(status="alive")

@@ -1,0 +1,15 @@
+"""The served model's metadata."""
+
+from fastapi import APIRouter, Depends
+
+from app.deps import ClassifierDep, require_api_key
+from app.errors import error_responses
+from app.schemas import ModelInfo
+
+router = APIRouter(prefix="/model", tags=["model"], dependencies=[Depends(require_api_key)])
+
+
+@router.get("", response_model=ModelInfo, responses=error_responses(401, 503))
+async def model_info(classifier: ClassifierDep) -> ModelInfo:
+    """Labels, input shape, metrics and provenance of the model being served."""
+    return ModelInfo.model_validate(classifier.metadata)

@@ -1,0 +1,92 @@
+"""The API's request and response shapes: the single source of truth for OpenAPI."""
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class LabelProbability(BaseModel):
+    label: str = Field(examples=["cat"])
+    probability: float = Field(ge=0, le=1, examples=[0.91])
+
+
+class Prediction(BaseModel):
+    filename: str = Field(description="The part's filename as sent (at most 255 characters).")
+    label: str = Field(description="The most probable label.")
+    confidence: float = Field(ge=0, le=1, description="Probability of `label`.")
+    top_k: list[LabelProbability] = Field(description="The k most probable labels, best first.")
+    probabilities: dict[str, float] = Field(description="Probability of every label.")
+
+
+class PredictResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "cifar10",
+                    "version": 1,
+                    "predictions": [
+                        {
+                            "filename": "cat.png",
+                            "label": "cat",
+                            "confidence": 0.91,
+                            "top_k": [
+                                {"label": "cat", "probability": 0.91},
+                                {"label": "dog", "probability": 0.06},
+                                {"label": "frog", "probability": 0.01},
+                            ],
+                            "probabilities": {
+                                "airplane": 0.002,
+                                "automobile": 0.001,
+                                "bird": 0.004,
+                                "cat": 0.91,
+                                "deer": 0.003,
+                                "dog": 0.06,
+                                "frog": 0.01,
+                                "horse": 0.005,
+                                "ship": 0.002,
+                                "truck": 0.003,
+                            },
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
+    model: str = Field(description="Name of the model that answered.")
+    version: int = Field(description="Version of the model that answered.")
+    predictions: list[Prediction] = Field(description="One result per uploaded file, in order.")
+
+
+class HealthResponse(BaseModel):
+    status: str = Field(examples=["ok"])
+    model: str = Field(examples=["cifar10"])
+    version: int = Field(examples=[1])
+    labels: list[str]
+
+
+class LiveResponse(BaseModel):
+    status: str = Field(examples=["alive"])
+
+
+class ModelInfo(BaseModel):
+    """The served model's metadata.json, as training wrote it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    version: int
+    labels: list[str]
+    input: dict[str, Any]
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable machine-readable reason.", examples=["not_an_image"])
+    message: str = Field(description="What went wrong, for a person.")
+    file: str | None = Field(None, description="The offending upload's filename, if any.")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

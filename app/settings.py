@@ -1,0 +1,95 @@
+"""Every knob of the service, read from the environment in one place."""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Self
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.cpu import available_cpus
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "cifar10"
+
+
+class Settings(BaseSettings):
+    """Service settings; each field is the upper-case environment variable of the same name."""
+
+    model_config = SettingsConfigDict(env_file=None, protected_namespaces=(), extra="ignore")
+
+    # Model
+    model_dir: Path = Field(
+        DEFAULT_MODEL_DIR,
+        description="A model version folder (holds saved_model.pb), or a model folder whose "
+        "highest integer version is served.",
+    )
+
+    # Request limits
+    max_images_per_request: int = Field(64, ge=1, le=1024, description="Files per request.")
+    max_upload_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, description="Whole request body, in bytes."
+    )
+    max_image_pixels: int = Field(
+        40_000_000, ge=1024, description="Width x height of one image, read from its header."
+    )
+    default_top_k: int = Field(3, ge=1, description="top_k when the query does not say.")
+
+    # Batching: concurrent requests are merged into one model call.
+    max_batch_size: int = Field(256, ge=1, le=4096, description="Images per model call.")
+    max_batch_delay_ms: float = Field(
+        2.0, ge=0, le=1000, description="Wait for more images after the first, in ms."
+    )
+    max_queue_images: int = Field(
+        2048, ge=1, description="Images waiting for the model before requests get 503."
+    )
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="From upload received to answer; past it, 504."
+    )
+
+    # CPU threads (None: derived from the CPU quota the process really has)
+    intra_op_threads: int | None = Field(None, ge=1, description="TensorFlow intra-op threads.")
+    inter_op_threads: int | None = Field(None, ge=1, description="TensorFlow inter-op threads.")
+    decode_threads: int | None = Field(
+        None, ge=1, description="Threads that decode large images off the event loop."
+    )
+
+    # HTTP
+    cors_allow_origins: list[str] = Field(
+        default_factory=list, description="Origins allowed by CORS; empty means CORS is off."
+    )
+    api_key: SecretStr | None = Field(
+        None, description="When set, /predict and /model require this X-API-Key header."
+    )
+    log_level: str = Field("info", description="Python logging level name.")
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Self:
+        if self.max_images_per_request > self.max_batch_size:
+            raise ValueError(
+                f"MAX_IMAGES_PER_REQUEST ({self.max_images_per_request}) must not exceed "
+                f"MAX_BATCH_SIZE ({self.max_batch_size}): one request is one batch"
+            )
+        if self.max_images_per_request > self.max_queue_images:
+            raise ValueError("MAX_QUEUE_IMAGES must hold at least one full request")
+        return self
+
+    @property
+    def cpus(self) -> int:
+        return available_cpus()
+
+    @property
+    def tf_intra_op_threads(self) -> int:
+        return self.intra_op_threads or self.cpus
+
+    @property
+    def tf_inter_op_threads(self) -> int:
+        return self.inter_op_threads or 1
+
+    @property
+    def image_decode_threads(self) -> int:
+        return self.decode_threads or self.cpus
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

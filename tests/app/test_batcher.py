@@ -1,0 +1,139 @@
+"""The batcher on its own, with a plain NumPy function as the model."""
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from app.batcher import Batcher, BatcherClosed, BatchStats, QueueFull
+
+pytestmark = pytest.mark.anyio
+
+
+def row_sums(images: np.ndarray) -> np.ndarray:
+    """A stand-in model whose output identifies its input: one row per image."""
+    return images.reshape(len(images), -1).sum(axis=1, keepdims=True).astype(np.float64)
+
+
+def images_of(value: int, count: int = 1) -> np.ndarray:
+    return np.full((count, 2, 2, 3), value, dtype=np.uint8)
+
+
+class Gate:
+    """An inference function that blocks until released, recording the batches it saw."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.started = threading.Event()
+        self.batches: list[int] = []
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        self.batches.append(len(images))
+        self.started.set()
+        self.release.wait(timeout=10)
+        return row_sums(images)
+
+
+def make(infer=row_sums, **kwargs) -> Batcher:
+    options = {"max_batch_size": 8, "max_batch_delay_ms": 20, "max_queue_images": 64}
+    options.update(kwargs)
+    return Batcher(infer, **options)
+
+
+async def test_concurrent_requests_share_one_call_and_get_their_own_rows() -> None:
+    stats: list[BatchStats] = []
+    batcher = make(on_batch=stats.append)
+    batcher.start()
+
+    futures = [batcher.submit(images_of(value, count)) for value, count in [(1, 1), (2, 3), (3, 2)]]
+    results = await asyncio.gather(*futures)
+    await batcher.stop()
+
+    assert [r.ravel().tolist() for r in results] == [[12.0], [24.0] * 3, [36.0] * 2]
+    assert [(s.requests, s.images) for s in stats] == [(3, 6)]
+
+
+async def test_batches_never_exceed_the_size_and_never_split_a_request() -> None:
+    gate = Gate()
+    batcher = make(gate, max_batch_size=8)
+    batcher.start()
+    first = batcher.submit(images_of(0))
+    await asyncio.to_thread(gate.started.wait, 5)  # the worker is busy; the rest queue up
+    futures = [batcher.submit(images_of(value, 3)) for value in range(1, 6)]
+    gate.release.set()
+
+    await asyncio.gather(first, *futures)
+    await batcher.stop()
+
+    assert gate.batches == [1, 6, 6, 3]
+
+
+async def test_full_queue_refuses_new_work() -> None:
+    gate = Gate()
+    batcher = make(gate, max_batch_size=4, max_queue_images=4)
+    batcher.start()
+    running = batcher.submit(images_of(1, 4))
+    await asyncio.to_thread(gate.started.wait, 5)
+    waiting = batcher.submit(images_of(2, 4))
+
+    with pytest.raises(QueueFull):
+        batcher.submit(images_of(3))
+    gate.release.set()
+    await asyncio.gather(running, waiting)
+    await batcher.stop()
+
+
+async def test_cancelled_request_is_not_computed() -> None:
+    gate = Gate()
+    batcher = make(gate)
+    batcher.start()
+    running = batcher.submit(images_of(1))
+    await asyncio.to_thread(gate.started.wait, 5)
+    abandoned = batcher.submit(images_of(2, 5))
+    kept = batcher.submit(images_of(3, 2))
+    abandoned.cancel()
+    gate.release.set()
+
+    await asyncio.gather(running, kept)
+    await batcher.stop()
+
+    assert gate.batches == [1, 2]
+
+
+async def test_stop_answers_every_queued_request_then_refuses() -> None:
+    gate = Gate()
+    batcher = make(gate, max_batch_size=2)
+    batcher.start()
+    futures = [batcher.submit(images_of(value)) for value in range(5)]
+    await asyncio.to_thread(gate.started.wait, 5)
+
+    stopping = asyncio.ensure_future(batcher.stop())
+    await asyncio.sleep(0)
+    gate.release.set()
+    await stopping
+
+    assert all(f.done() and not f.cancelled() for f in futures)
+    assert [f.result()[0, 0] for f in futures] == [12.0 * v for v in range(5)]
+    with pytest.raises(BatcherClosed):
+        batcher.submit(images_of(1))
+
+
+async def test_a_failing_batch_fails_each_of_its_requests() -> None:
+    def broken(images: np.ndarray) -> np.ndarray:
+        return row_sums(images)[:-1]  # one row short
+
+    batcher = make(broken)
+    batcher.start()
+    futures = [batcher.submit(images_of(v)) for v in range(3)]
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    await batcher.stop()
+
+    assert all(isinstance(r, RuntimeError) and "rows" in str(r) for r in results)
+
+
+def test_constructor_rejects_nonsense() -> None:
+    with pytest.raises(ValueError, match="max_batch_size"):
+        Batcher(row_sums, max_batch_size=0, max_batch_delay_ms=1, max_queue_images=8)
+    with pytest.raises(ValueError, match="max_queue_images"):
+        Batcher(row_sums, max_batch_size=8, max_batch_delay_ms=1, max_queue_images=4)

@@ -1,0 +1,43 @@
+"""Readiness, liveness and model metadata."""
+
+import httpx
+import pytest
+
+from app.main import create_app
+from app.settings import Settings
+from tests.conftest import LABELS
+
+
+def test_health_reports_the_loaded_model(client) -> None:
+    response = client.get("/health")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "model": "cifar10", "version": 1, "labels": LABELS}
+
+
+def test_live_answers(client) -> None:
+    assert client.get("/health/live").json() == {"status": "alive"}
+
+
+def test_model_endpoint_returns_metadata(client) -> None:
+    body = client.get("/model").json()
+
+    assert body["labels"] == LABELS
+    assert body["input"] == {"height": 32, "width": 32, "channels": 3, "dtype": "uint8"}
+    assert "metrics" in body and "versions" in body
+
+
+@pytest.mark.anyio
+async def test_not_ready_before_the_lifespan_has_loaded_the_model(tiny_model_dir) -> None:
+    # ASGITransport does not run the lifespan: the app is up but has no model yet.
+    app = create_app(Settings(model_dir=tiny_model_dir))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        health = await client.get("/health")
+        live = await client.get("/health/live")
+        predict = await client.post("/predict", files={"files": ("a.png", b"x", "image/png")})
+
+    assert health.status_code == 503
+    assert health.json()["error"]["code"] == "not_ready"
+    assert live.status_code == 200
+    assert predict.status_code == 503

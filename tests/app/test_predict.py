@@ -1,0 +1,88 @@
+"""POST /predict through the real ASGI app: results, order, top_k, and agreement with the model."""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from app.preprocessing import decode_image
+from tests.conftest import LABELS, image_bytes
+
+
+def direct_probabilities(model_dir: Path, images: np.ndarray) -> np.ndarray:
+    """The serving signature called directly, bypassing the service."""
+    signature = tf.saved_model.load(str(model_dir / "1")).signatures["serving_default"]
+    return signature(images=tf.constant(images))["probabilities"].numpy()
+
+
+def test_one_png_gives_one_full_result(client) -> None:
+    response = client.post("/predict", files={"files": ("a.png", image_bytes(), "image/png")})
+
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["model"], body["version"]) == ("cifar10", 1)
+    [prediction] = body["predictions"]
+    assert prediction["filename"] == "a.png"
+    assert set(prediction["probabilities"]) == set(LABELS)
+    assert math.isclose(sum(prediction["probabilities"].values()), 1.0, abs_tol=1e-4)
+    best = max(prediction["probabilities"], key=prediction["probabilities"].get)
+    assert prediction["label"] == best
+    assert prediction["confidence"] == pytest.approx(prediction["probabilities"][best])
+    assert len(prediction["top_k"]) == 3
+
+
+def test_results_follow_request_order_and_match_the_model(client, tiny_model_dir) -> None:
+    uploads = [
+        ("files", (f"img{i}.{fmt.lower()}", image_bytes(fmt, (40 + i, 30), seed=i), "image/x"))
+        for i, fmt in enumerate(["PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF"])
+    ]
+
+    response = client.post("/predict", files=uploads)
+
+    assert response.status_code == 200
+    predictions = response.json()["predictions"]
+    assert [p["filename"] for p in predictions] == [name for _, (name, _, _) in uploads]
+    pixels = np.stack([decode_image(data, max_pixels=10**6) for _, (_, data, _) in uploads])
+    expected = direct_probabilities(tiny_model_dir, pixels)
+    served = np.array([[p["probabilities"][label] for label in LABELS] for p in predictions])
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [1, 5, 10])
+def test_top_k_is_sorted_and_sized(client, k: int) -> None:
+    response = client.post(
+        "/predict", params={"top_k": k}, files={"files": ("a.png", image_bytes(), "image/png")}
+    )
+
+    assert response.status_code == 200
+    [prediction] = response.json()["predictions"]
+    ranked = prediction["top_k"]
+    assert len(ranked) == k
+    probabilities = [entry["probability"] for entry in ranked]
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert ranked[0]["label"] == prediction["label"]
+    for entry in ranked:
+        assert entry["probability"] == pytest.approx(prediction["probabilities"][entry["label"]])
+
+
+def test_max_images_per_request_is_accepted(make_client) -> None:
+    client = make_client(max_images_per_request=8)
+    files = [("files", (f"{i}.png", image_bytes(seed=i), "image/png")) for i in range(8)]
+
+    response = client.post("/predict", files=files)
+
+    assert response.status_code == 200
+    assert len(response.json()["predictions"]) == 8
+
+
+def test_openapi_documents_predict_and_its_errors(client) -> None:
+    schema = client.get("/openapi.json").json()
+    operation = schema["paths"]["/predict"]["post"]
+
+    assert {"200", "400", "413", "415", "422", "503", "504"} <= set(operation["responses"])
+    assert operation["description"] or operation["summary"]
+    assert "examples" in str(schema["components"]["schemas"]["PredictResponse"])
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "swagger-ui" in docs.text

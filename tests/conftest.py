@@ -1,0 +1,91 @@
+"""Shared fixtures: a small real SavedModel exported by the training code, and app clients."""
+
+import io
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def export_tiny_model(version_dir: Path, *, name: str = "cifar10", version: int = 1) -> Path:
+    """A few-hundred-parameter CNN, untrained but deterministic, exported to the contract."""
+    import keras
+
+    from training.export import export_model
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((32, 32, 3)),
+            keras.layers.Rescaling(1 / 255),
+            keras.layers.Conv2D(4, 3, strides=2, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(len(LABELS), activation="softmax"),
+        ]
+    )
+    metadata = {
+        "name": name,
+        "version": version,
+        "architecture": {"name": "tiny-test-cnn"},
+        "dataset": {"name": "none"},
+        "metrics": {"test_accuracy": None, "val_accuracy": None, "per_class_accuracy": {}},
+    }
+    export_model(model, version_dir, labels=LABELS, metadata=metadata)
+    return version_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """models/<name>/ layout with one version, so version resolution is exercised too."""
+    root = tmp_path_factory.mktemp("models") / "cifar10"
+    export_tiny_model(root / "1")
+    return root
+
+
+@pytest.fixture
+def make_client(tiny_model_dir: Path) -> Iterator[Callable[..., Any]]:
+    """Start the real app (lifespan included) with settings overrides; closes what it opened."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    clients: list[TestClient] = []
+
+    def make(**overrides: Any) -> TestClient:
+        overrides.setdefault("model_dir", tiny_model_dir)
+        client = TestClient(create_app(Settings(**overrides)), raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client: Callable[..., Any]) -> Any:
+    return make_client()
+
+
+def image_bytes(
+    fmt: str = "PNG", size: tuple[int, int] = (32, 32), mode: str = "RGB", seed: int = 0, **save: Any
+) -> bytes:
+    """An image of random pixels in the given format and mode."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    image = Image.fromarray(pixels).convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **save)
+    return buffer.getvalue()
