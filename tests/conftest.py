@@ -80,7 +80,11 @@ def client(make_client: Callable[..., Any]) -> Any:
 
 
 def image_bytes(
-    fmt: str = "PNG", size: tuple[int, int] = (32, 32), mode: str = "RGB", seed: int = 0, **save: Any
+    fmt: str = "PNG",
+    size: tuple[int, int] = (32, 32),
+    mode: str = "RGB",
+    seed: int = 0,
+    **save: Any,
 ) -> bytes:
     """An image of random pixels in the given format and mode."""
     rng = np.random.default_rng(seed)

@@ -4,6 +4,7 @@ import struct
 import zlib
 
 import pytest
+
 from tests.conftest import image_bytes
 
 
@@ -159,4 +160,3 @@ def test_top_k_out_of_range_is_422(client, k: int) -> None:
 def test_unknown_route_and_method_are_json(client) -> None:
     assert_error(client.get("/nope"), 404, "not_found")
     assert_error(client.get("/predict"), 405, "method_not_allowed")
-

@@ -1,4 +1,4 @@
-"""Preprocessing: every format and mode becomes a (32, 32, 3) uint8 RGB array by the documented rule."""
+"""Preprocessing: any format and mode becomes a (32, 32, 3) uint8 RGB array by one rule."""
 
 import io
 
