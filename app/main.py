@@ -1,17 +1,25 @@
 """The ASGI app: `uvicorn app.main:app`. Creates the app, its lifespan, and includes the routers."""
 
+import asyncio
 import logging
+import signal
+import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from app.batcher import Batcher
+from app.access import AccessMiddleware
+from app.batcher import Batcher, BatchStats
+from app.deps import require_api_key
 from app.errors import install_error_handlers
+from app.limits import ContentLengthLimitMiddleware
+from app.logs import configure_logging
+from app.metrics import Metrics
 from app.model import ModelLoadError, configure_threads, load_classifier
-from app.routers import health, model_info, predict
+from app.routers import health, metrics, model_info, predict
 from app.settings import Settings, get_settings
 
 logger = logging.getLogger("app")
@@ -43,18 +51,28 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         classifier.path,
         settings.tf_intra_op_threads,
     )
+    telemetry: Metrics = app.state.metrics
+    telemetry.model.info({"name": classifier.name, "version": str(classifier.version)})
+
+    def record_batch(stats: BatchStats) -> None:
+        telemetry.batch_images.observe(stats.images)
+        telemetry.inference_seconds.observe(stats.seconds)
+
     batcher = Batcher(
         classifier.predict,
         max_batch_size=settings.max_batch_size,
         max_batch_delay_ms=settings.max_batch_delay_ms,
         max_queue_images=settings.max_queue_images,
+        on_batch=record_batch,
     )
+    telemetry.queue_images.set_function(lambda: batcher.queued_images)
     decode_pool = ThreadPoolExecutor(settings.image_decode_threads, thread_name_prefix="decode")
     batcher.start()
     app.state.classifier = classifier
     app.state.batcher = batcher
     app.state.decode_pool = decode_pool
     app.state.ready = True
+    _drain_on_sigterm(app, settings.drain_delay_s)
     try:
         yield
     finally:
@@ -63,9 +81,26 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         decode_pool.shutdown(wait=True)
 
 
+def _drain_on_sigterm(app: FastAPI, delay_s: float) -> None:
+    """On SIGTERM turn /health to 503 at once, then hand over to uvicorn's own shutdown
+    (stop listening, let in-flight requests finish, run the lifespan exit) after `delay_s`."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers can only be set from the main thread (not under TestClient)
+    loop = asyncio.get_running_loop()
+    server_handler = signal.getsignal(signal.SIGTERM)
+
+    def drain(signum: int, frame: object) -> None:
+        app.state.ready = False
+        logger.info("SIGTERM received: draining", extra={"drain_delay_s": delay_s})
+        if callable(server_handler):
+            loop.call_soon_threadsafe(loop.call_later, delay_s, server_handler, signum, frame)
+
+    signal.signal(signal.SIGTERM, drain)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    logging.basicConfig(level=settings.log_level.upper())
+    configure_logging(settings.log_level)
     app = FastAPI(
         title="CIFAR-10 image classifier",
         version="1.0.0",
@@ -74,6 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.ready = False
+    app.state.metrics = Metrics()
     install_error_handlers(app)
     if settings.cors_allow_origins:
         app.add_middleware(
@@ -82,10 +118,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["GET", "POST"],
             allow_headers=["*"],
         )
+    app.add_middleware(ContentLengthLimitMiddleware, max_body_bytes=settings.max_upload_bytes)
+    app.add_middleware(AccessMiddleware, metrics=app.state.metrics)
     app.include_router(health.router)
-    app.include_router(model_info.router)
+    app.include_router(metrics.router)
+    # Only with an API key configured do the routes (and their OpenAPI) require it.
+    protected = [Depends(require_api_key)] if settings.api_key else []
+    app.include_router(model_info.router, dependencies=protected)
     app.include_router(
         predict.router,
+        dependencies=protected,
         max_body_size=settings.max_upload_bytes,
         form_limits={
             "max_files": settings.max_images_per_request,

@@ -53,6 +53,19 @@ class Settings(BaseSettings):
         None, ge=1, description="Threads that decode large images off the event loop."
     )
 
+    # Process (used by `python -m app`)
+    host: str = Field("0.0.0.0", description="Address uvicorn binds.")
+    port: int = Field(8000, ge=1, le=65535, description="Port uvicorn binds.")
+    graceful_shutdown_s: float = Field(
+        20.0, ge=0, description="After SIGTERM, how long in-flight requests may take."
+    )
+    drain_delay_s: float = Field(
+        0.0,
+        ge=0,
+        description="After SIGTERM, how long /health says 503 while still serving, "
+        "so a load balancer stops sending before the listener closes.",
+    )
+
     # HTTP
     cors_allow_origins: list[str] = Field(
         default_factory=list, description="Origins allowed by CORS; empty means CORS is off."

@@ -1,12 +1,12 @@
 """The served model's metadata."""
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
-from app.deps import ClassifierDep, require_api_key
+from app.deps import ClassifierDep
 from app.errors import error_responses
 from app.schemas import ModelInfo
 
-router = APIRouter(prefix="/model", tags=["model"], dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/model", tags=["model"])
 
 
 @router.get("", response_model=ModelInfo, responses=error_responses(401, 503))

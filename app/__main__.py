@@ -1,0 +1,46 @@
+"""`python -m app`: run the service with uvicorn, every option from the settings."""
+
+import signal
+import sys
+from types import FrameType
+
+import uvicorn
+
+from app.settings import get_settings
+
+STARTUP_FAILURE = 3  # uvicorn's own exit code when the app fails to start
+
+
+class Server(uvicorn.Server):
+    """uvicorn, except that SIGTERM ends in exit code 0 after the graceful drain.
+
+    Plain uvicorn re-raises a captured SIGTERM once it has shut down, so the process dies by
+    the signal (exit 143) even when every request was answered; orchestrators read that as a
+    crash. SIGINT keeps uvicorn's behaviour (a second Ctrl-C forces the exit).
+    """
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig == signal.SIGTERM:
+            self.should_exit = True
+            return
+        super().handle_exit(sig, frame)
+
+
+def main() -> None:
+    settings = get_settings()
+    config = uvicorn.Config(
+        "app.main:app",
+        host=settings.host,
+        port=settings.port,
+        timeout_graceful_shutdown=int(settings.graceful_shutdown_s),
+        access_log=False,  # app.access writes one JSON line per request
+        log_config=None,  # app.logs configures JSON logging
+    )
+    server = Server(config)
+    server.run()
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)
+
+
+if __name__ == "__main__":
+    main()
