@@ -81,7 +81,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    cause = exc.__cause__
+    cause = exc.__cause__ or exc.__context__  # Starlette raises it while handling the parse error
     if isinstance(cause, MultiPartException):
         # Starlette stops parsing at the first broken limit; say which one.
         too_many = str(cause).startswith("Too many")

@@ -19,6 +19,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# Leading bytes of those formats (BMP's "BM" is too weak to count): a file that starts like
+# one but will not open is corrupt, not of an unsupported type.
+_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*")
 BACKGROUND = (255, 255, 255)
 MODEL_SIZE = 32
 # JPEGs are decoded at the smallest DCT scale (1/2..1/8) that still leaves this many pixels on
@@ -71,11 +74,17 @@ def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
     except UnidentifiedImageError:
+        if data.startswith(_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
+            raise CorruptImage(
+                "the file starts like a supported image but cannot be read"
+            ) from None
         raise UnsupportedImage(
             "not an image in a supported format (" + ", ".join(SUPPORTED_FORMATS) + ")"
         ) from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageTooLarge(f"the image has more than {max_pixels} pixels") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLarge(
+            f"the image has more than {max_pixels} pixels (MAX_IMAGE_PIXELS): {exc}"
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise CorruptImage(f"the image header cannot be read ({exc})") from None
     width, height = image.size
