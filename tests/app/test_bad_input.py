@@ -75,7 +75,7 @@ def test_image_over_max_pixels_is_413_from_the_header(client) -> None:
     response = client.post("/predict", files={"files": ("bomb.png", bomb, "image/png")})
 
     assert_error(response, 413, "image_too_large", "bomb.png")
-    assert "20000x20000" in response.json()["error"]["message"]
+    assert "MAX_IMAGE_PIXELS" in response.json()["error"]["message"]
 
 
 def test_max_image_pixels_setting_is_applied(make_client) -> None:

@@ -122,6 +122,8 @@ def test_rejections_are_specific() -> None:
     with pytest.raises(EmptyImage):
         decode_image(b"", max_pixels=MAX)
     with pytest.raises(UnsupportedImage):
+        decode_image(b"not a GIF89a at all", max_pixels=MAX)
+    with pytest.raises(CorruptImage):  # starts like a GIF, is not one
         decode_image(b"GIF89a but not really", max_pixels=MAX)
     with pytest.raises(UnsupportedImage):  # a real image in a format we do not serve
         decode_image(encode(solid("RGB", (1, 2, 3)), "PPM"), max_pixels=MAX)

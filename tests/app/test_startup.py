@@ -1,0 +1,96 @@
+"""A missing, corrupt or contract-breaking model stops the process at start-up, saying why."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tensorflow as tf
+
+from app.model import ModelLoadError, load_classifier, resolve_version_dir
+from tests.conftest import REPO, export_tiny_model
+
+
+def corrupt_copy(tiny_model_dir: Path, tmp_path: Path) -> Path:
+    broken = tmp_path / "broken" / "1"
+    shutil.copytree(tiny_model_dir / "1", broken)
+    (broken / "saved_model.pb").write_bytes(b"\x00not a protobuf\xff" * 10)
+    return broken
+
+
+def test_highest_version_is_served(tmp_path: Path, tiny_model_dir: Path) -> None:
+    for version in ("2", "10", "9"):
+        shutil.copytree(tiny_model_dir / "1", tmp_path / version)
+    (tmp_path / "notes").mkdir()
+
+    assert resolve_version_dir(tmp_path) == tmp_path / "10"
+
+
+def test_missing_model_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="no such directory") as error:
+        load_classifier(tmp_path / "nowhere")
+    assert str(tmp_path / "nowhere") in str(error.value)
+
+
+def test_corrupt_model_is_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="not a loadable SavedModel"):
+        load_classifier(corrupt_copy(tiny_model_dir, tmp_path))
+
+
+def test_metadata_disagreeing_with_the_signature_is_refused(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    version_dir = tmp_path / "1"
+    shutil.copytree(tiny_model_dir / "1", version_dir)
+    metadata = json.loads((version_dir / "metadata.json").read_text())
+    metadata["labels"] = metadata["labels"][:5]
+    (version_dir / "metadata.json").write_text(json.dumps(metadata))
+
+    with pytest.raises(ModelLoadError, match="float32 \\[None, 5\\]"):
+        load_classifier(version_dir)
+
+
+def test_float_input_signature_is_refused(tmp_path: Path, tiny_model_dir: Path) -> None:
+    class FloatModel(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.float32, name="images")])
+        def serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"probabilities": tf.nn.softmax(tf.zeros([tf.shape(images)[0], 10]))}
+
+    module = FloatModel()
+    version_dir = tmp_path / "1"
+    tf.saved_model.save(module, str(version_dir), signatures={"serving_default": module.serve})
+    shutil.copy(tiny_model_dir / "1" / "metadata.json", version_dir)
+
+    with pytest.raises(ModelLoadError, match="not uint8"):
+        load_classifier(version_dir)
+
+
+def test_training_export_is_loadable(tmp_path: Path) -> None:
+    classifier = load_classifier(export_tiny_model(tmp_path / "7", version=7))
+
+    assert classifier.version == 7 and (classifier.height, classifier.width) == (32, 32)
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt"])
+def test_server_exits_non_zero_naming_path_and_reason(
+    case: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    model_dir = tmp_path / "absent" if case == "missing" else corrupt_copy(tiny_model_dir, tmp_path)
+    env = os.environ | {"MODEL_DIR": str(model_dir), "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+    result = subprocess.run(
+        [sys.executable, "-m", "uvicorn", "app.main:app", "--port", "0"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode != 0
+    reason = "no such directory" if case == "missing" else "not a loadable SavedModel"
+    lines = [line for line in result.stderr.splitlines() if "cannot serve the model" in line]
+    assert lines and str(model_dir) in lines[0] and reason in lines[0]
