@@ -1,0 +1,97 @@
+"""Two instances behind the project's nginx config: one is stopped, no client request fails."""
+
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import REPO, image_bytes
+from tests.servers import free_port, start_server, wait_until_healthy
+
+NGINX_TEMPLATE = REPO / "deploy" / "nginx" / "nginx.conf.template"
+pytestmark = pytest.mark.skipif(
+    shutil.which("nginx") is None and not os.environ.get("CI"),
+    reason="nginx is not installed (CI installs it)",
+)
+
+
+def start_nginx(tmp_path: Path, listen: int, upstreams: list[int]) -> subprocess.Popen:
+    config = NGINX_TEMPLATE.read_text()
+    for name, value in {
+        "${UPSTREAM_1}": f"127.0.0.1:{upstreams[0]}",
+        "${UPSTREAM_2}": f"127.0.0.1:{upstreams[1]}",
+        "${LISTEN_PORT}": f"127.0.0.1:{listen}",
+    }.items():
+        config = config.replace(name, value)
+    config = config.replace("pid /tmp/nginx.pid;", f"pid {tmp_path}/nginx.pid;")
+    config = config.replace("/tmp/nginx_", f"{tmp_path}/nginx_")
+    (tmp_path / "nginx.conf").write_text(config)
+    return subprocess.Popen(
+        ["nginx", "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path), "-g", "daemon off;"]
+    )
+
+
+def test_sigterm_and_kill_of_one_instance_loses_no_request(tiny_model_dir, tmp_path) -> None:
+    ports = [free_port(), free_port()]
+    instances = [
+        start_server(tiny_model_dir, port, DRAIN_DELAY_S="1", GRACEFUL_SHUTDOWN_S="10")
+        for port in ports
+    ]
+    lb_port = free_port()
+    nginx = start_nginx(tmp_path, lb_port, ports)
+    statuses: list[int] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def client_loop() -> None:
+        payload = {"files": ("a.png", image_bytes(), "image/png")}
+        with httpx.Client(base_url=f"http://127.0.0.1:{lb_port}", timeout=30) as client:
+            while not stop.is_set():
+                try:
+                    statuses.append(client.post("/predict", files=payload).status_code)
+                except httpx.HTTPError as exc:
+                    failures.append(repr(exc))
+
+    try:
+        for port, instance in zip(ports, instances, strict=True):
+            wait_until_healthy(port, instance)
+        time.sleep(0.5)  # nginx is up
+        workers = [threading.Thread(target=client_loop) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        time.sleep(2)
+        served_before = len(statuses)
+        instances[0].send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        with pytest.raises(urllib.error.HTTPError) as draining:
+            urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/health", timeout=2)
+        try:
+            exit_code = instances[0].wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            exit_code = None
+        instances[0].kill()  # no-op if it drained and exited on its own
+        time.sleep(2)
+        stop.set()
+        for worker in workers:
+            worker.join(30)
+    finally:
+        stop.set()
+        nginx.send_signal(signal.SIGQUIT)
+        for process in [*instances, nginx]:
+            if process.poll() is None:
+                process.kill()
+            process.wait(30)
+
+    assert draining.value.code == 503
+    assert exit_code == 0
+    assert served_before > 0 and len(statuses) > served_before
+    assert failures == []
+    assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
