@@ -1,0 +1,58 @@
+"""The shipped model, served: real CIFAR-10 test PNGs (tests/fixtures/cifar10) get their labels."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from tests.conftest import FIXTURES, LABELS, REPO
+
+SHIPPED = REPO / "models" / "cifar10"
+PNGS = sorted((FIXTURES / "cifar10").glob("*.png"))
+
+
+@pytest.fixture
+def shipped_client(make_client):
+    return make_client(model_dir=SHIPPED)
+
+
+def test_metadata_matches_the_contract() -> None:
+    version_dir = max(SHIPPED.iterdir(), key=lambda p: int(p.name))
+    metadata = json.loads((version_dir / "metadata.json").read_text())
+
+    assert metadata["labels"] == LABELS
+    assert metadata["input"] == {"height": 32, "width": 32, "channels": 3, "dtype": "uint8"}
+    for key in ("test_accuracy", "val_accuracy", "per_class_accuracy"):
+        assert key in metadata["metrics"]
+    assert {"epochs", "batch_size", "seed", "wall_clock_seconds", "hardware", "precision"} <= set(
+        metadata["training"]
+    )
+
+
+def test_real_cifar10_images_get_their_true_labels(shipped_client) -> None:
+    files = [("files", (png.name, png.read_bytes(), "image/png")) for png in PNGS]
+
+    response = shipped_client.post("/predict", files=files)
+
+    assert response.status_code == 200
+    predictions = response.json()["predictions"]
+    truth = [png.stem.split("_", 1)[1] for png in PNGS]
+    correct = sum(p["label"] == t for p, t in zip(predictions, truth, strict=True))
+    assert correct >= len(PNGS) - 1, list(
+        zip([p["label"] for p in predictions], truth, strict=True)
+    )
+
+
+def test_served_probabilities_equal_the_signature_on_the_same_pixels(shipped_client) -> None:
+    files = [("files", (png.name, png.read_bytes(), "image/png")) for png in PNGS]
+    served = shipped_client.post("/predict", files=files).json()["predictions"]
+
+    pixels = np.stack([np.asarray(Image.open(png).convert("RGB")) for png in PNGS])
+    version_dir = max(SHIPPED.iterdir(), key=lambda p: int(p.name))
+    signature = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+    expected = signature(images=tf.constant(pixels))["probabilities"].numpy()
+
+    got = np.array([[p["probabilities"][label] for label in LABELS] for p in served])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
