@@ -1,0 +1,77 @@
+"""`python -m training`: train, export to models/<name>/<next version>/, write the report."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    parser.add_argument(
+        "--arch",
+        choices=("fast", "seed"),
+        default="fast",
+        help="fast: the default airbench-style recipe; seed: the blog's network",
+    )
+    parser.add_argument(
+        "--data",
+        help="offline npz folder, cifar-10-batches-py folder, "
+        "cifar-10-python.tar.gz, a folder of class folders, or 'keras' "
+        "(default: the offline copy in ../shared/data/cifar10, else download)",
+    )
+    parser.add_argument(
+        "--epochs", type=int, help="fast: total epochs; seed: plain-data epochs (default 50)"
+    )
+    parser.add_argument(
+        "--aug-epochs",
+        type=int,
+        help="seed only: epochs with augmentation after the plain ones (50)",
+    )
+    parser.add_argument("--batch-size", type=int, help="default: fast 512, seed 32")
+    parser.add_argument(
+        "--val-size",
+        type=int,
+        default=5000,
+        help="images held out of the end of train for validation (0 allowed)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--name", default="cifar10", help="model name: models/<name>/")
+    parser.add_argument("--models-dir", type=Path, default=Path("models"))
+    parser.add_argument(
+        "--checkpoints-dir",
+        type=Path,
+        default=Path("checkpoints"),
+        help="per-epoch checkpoints go to <this>/<name>/",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the last epoch's checkpoint of an interrupted run",
+    )
+    parser.add_argument(
+        "--output-version", type=int, help="version folder to write (default: highest existing + 1)"
+    )
+    parser.add_argument("--limit-train", type=int, help=argparse.SUPPRESS)  # development only
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = parse_args(argv)
+    from training.train import RunConfig, TrainingInterrupted, run
+
+    config = RunConfig(**vars(args))
+    try:
+        run(config)
+    except TrainingInterrupted as interrupted:
+        print(f"\n{interrupted}", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,94 @@
+"""Evaluate any exported model through its serving signature: `python -m training.evaluate DIR`.
+
+It uses the same `serving_default` signature the app calls, so the accuracy it prints is the
+accuracy users get; it also writes the report figures again into DIR/report/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from training.export import INPUT_NAME, OUTPUT_NAME, SIGNATURE_KEY, read_metadata
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    accuracy: float
+    per_class_accuracy: dict[str, float]
+    predictions: np.ndarray
+
+
+def predict_probabilities(
+    version_dir: Path, images: np.ndarray, batch_size: int = 1000
+) -> np.ndarray:
+    """Probabilities from the SavedModel's serving signature, fed uint8 like the app feeds it."""
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(str(version_dir)).signatures[SIGNATURE_KEY]
+    outputs = [
+        signature(**{INPUT_NAME: tf.constant(images[start : start + batch_size], tf.uint8)})[
+            OUTPUT_NAME
+        ].numpy()
+        for start in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)
+
+
+def score(probabilities: np.ndarray, y_true: np.ndarray, labels: Sequence[str]) -> Evaluation:
+    predictions = probabilities.argmax(axis=1)
+    y_true = np.asarray(y_true).astype(int)
+    per_class = {
+        label: round(float(np.mean(predictions[y_true == index] == index)), 4)
+        for index, label in enumerate(labels)
+        if np.any(y_true == index)
+    }
+    accuracy = float(np.mean(predictions == y_true)) if len(y_true) else float("nan")
+    return Evaluation(round(accuracy, 4), per_class, predictions)
+
+
+def evaluate_saved_model(
+    version_dir: Path, images: np.ndarray, y_true: np.ndarray, labels: Sequence[str]
+) -> Evaluation:
+    return score(predict_probabilities(version_dir, images), y_true, labels)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from training.data import load_dataset
+    from training.report import write_test_figures
+
+    parser = argparse.ArgumentParser(
+        prog="python -m training.evaluate", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("model_dir", type=Path, help="an exported version folder (models/x/N)")
+    parser.add_argument("--data", help="test data, as for `python -m training` (default: offline)")
+    parser.add_argument(
+        "--report-dir", type=Path, help="where to write figures (default MODEL_DIR/report)"
+    )
+    args = parser.parse_args(argv)
+
+    metadata = read_metadata(args.model_dir)
+    labels = metadata["labels"]
+    dataset = load_dataset(args.data)
+    if list(dataset.labels) != list(labels):
+        parser.error(f"the model's labels {labels} differ from the data's {list(dataset.labels)}")
+    result = evaluate_saved_model(args.model_dir, dataset.x_test, dataset.y_test, labels)
+    report_dir = args.report_dir or args.model_dir / "report"
+    write_test_figures(report_dir, dataset.x_test, dataset.y_test, result.predictions, labels)
+    print(f"model {metadata.get('name')} v{metadata.get('version')} ({args.model_dir})")
+    print(f"data: {dataset.source}, {len(dataset.x_test)} test images")
+    for label, accuracy in result.per_class_accuracy.items():
+        print(f"  {label:>12s}  {accuracy:.4f}")
+    print(f"test accuracy: {result.accuracy:.4f}")
+    print(f"figures: {report_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
