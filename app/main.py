@@ -19,7 +19,7 @@ from app.limits import ContentLengthLimitMiddleware
 from app.logs import configure_logging
 from app.metrics import Metrics
 from app.model import ModelLoadError, configure_threads, load_classifier
-from app.routers import health, metrics, model_info, predict
+from app.routers import docs, health, metrics, model_info, predict
 from app.settings import Settings, get_settings
 
 logger = logging.getLogger("app")
@@ -106,6 +106,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served by routers.docs from local assets
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.ready = False
@@ -120,6 +122,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(ContentLengthLimitMiddleware, max_body_bytes=settings.max_upload_bytes)
     app.add_middleware(AccessMiddleware, metrics=app.state.metrics)
+    app.mount("/static/swagger-ui", docs.static, name="swagger-ui")
+    app.include_router(docs.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
     # Only with an API key configured do the routes (and their OpenAPI) require it.

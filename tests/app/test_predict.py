@@ -85,4 +85,6 @@ def test_openapi_documents_predict_and_its_errors(client) -> None:
     assert operation["description"] or operation["summary"]
     assert "examples" in str(schema["components"]["schemas"]["PredictResponse"])
     docs = client.get("/docs")
-    assert docs.status_code == 200 and "swagger-ui" in docs.text
+    assert docs.status_code == 200 and "/static/swagger-ui/swagger-ui-bundle.js" in docs.text
+    bundle = client.get("/static/swagger-ui/swagger-ui-bundle.js")
+    assert bundle.status_code == 200 and len(bundle.content) > 100_000  # served locally
