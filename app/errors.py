@@ -50,6 +50,7 @@ def error_responses(*status_codes: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
         400: "An upload is empty, corrupt or truncated, or the multipart body is malformed.",
         401: "The API key is missing or wrong.",
+        408: "The request body did not arrive within UPLOAD_TIMEOUT_S.",
         413: "Too many files, body over MAX_UPLOAD_BYTES, or an image over MAX_IMAGE_PIXELS.",
         415: "Not multipart/form-data, or a file that is not a supported image format.",
         422: "A missing `files` field or a query parameter out of range.",
@@ -92,7 +93,9 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         )
     if exc.status_code == 413:
         return error_response(413, "body_too_large", "the request body exceeds MAX_UPLOAD_BYTES")
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    code = {404: "not_found", 405: "method_not_allowed", 408: "upload_timeout"}.get(
+        exc.status_code, "http_error"
+    )
     return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
 

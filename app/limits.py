@@ -1,33 +1,64 @@
-"""Refuse a declared Content-Length over MAX_UPLOAD_BYTES before a byte of the body is read.
+"""Limits that act before the body is in memory.
 
-A body without Content-Length (chunked) is counted while it streams by FastAPI's
-`max_body_size` on the predict router and cut at the same cap.
+- A declared Content-Length over MAX_UPLOAD_BYTES is refused before a byte is read. (A chunked
+  body is counted while it streams by FastAPI's `max_body_size` on the predict router, and cut
+  at the same cap.)
+- The whole body must arrive within UPLOAD_TIMEOUT_S, so a slow client cannot hold a
+  connection and a buffer for ever.
 """
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+import asyncio
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import error_response
 
 
-class ContentLengthLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+class UploadTooSlow(HTTPException):
+    """Raised from `receive`; FastAPI re-raises HTTPExceptions from body parsing unchanged."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(408, f"the request body did not arrive within {timeout_s:g} s")
+
+
+class RequestLimitsMiddleware:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, upload_timeout_s: float) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.upload_timeout_s = upload_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            declared = _content_length(scope)
-            if declared is not None and declared > self.max_body_bytes:
-                response = error_response(
-                    413,
-                    "body_too_large",
-                    f"the request body is {declared} bytes; the limit is "
-                    f"{self.max_body_bytes} (MAX_UPLOAD_BYTES)",
-                    headers={"Connection": "close"},
-                )
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_body_bytes:
+            response = error_response(
+                413,
+                "body_too_large",
+                f"the request body is {declared} bytes; the limit is "
+                f"{self.max_body_bytes} (MAX_UPLOAD_BYTES)",
+                headers={"Connection": "close"},
+            )
+            await response(scope, receive, send)
+            return
+        deadline = asyncio.get_running_loop().time() + self.upload_timeout_s
+        body_done = False
+
+        async def receive_before_deadline() -> Message:
+            nonlocal body_done
+            if body_done:  # later calls only wait for a disconnect: no deadline
+                return await receive()
+            remaining = deadline - asyncio.get_running_loop().time()
+            try:
+                message = await asyncio.wait_for(receive(), max(remaining, 0))
+            except TimeoutError:
+                raise UploadTooSlow(self.upload_timeout_s) from None
+            body_done = message["type"] != "http.request" or not message.get("more_body")
+            return message
+
+        await self.app(scope, receive_before_deadline, send)
 
 
 def _content_length(scope: Scope) -> int | None:

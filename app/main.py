@@ -15,7 +15,7 @@ from app.access import AccessMiddleware
 from app.batcher import Batcher, BatchStats
 from app.deps import require_api_key
 from app.errors import install_error_handlers
-from app.limits import ContentLengthLimitMiddleware
+from app.limits import RequestLimitsMiddleware
 from app.logs import configure_logging
 from app.metrics import Metrics
 from app.model import ModelLoadError, configure_threads, load_classifier
@@ -120,7 +120,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["GET", "POST"],
             allow_headers=["*"],
         )
-    app.add_middleware(ContentLengthLimitMiddleware, max_body_bytes=settings.max_upload_bytes)
+    app.add_middleware(
+        RequestLimitsMiddleware,
+        max_body_bytes=settings.max_upload_bytes,
+        upload_timeout_s=settings.upload_timeout_s,
+    )
     app.add_middleware(AccessMiddleware, metrics=app.state.metrics)
     app.mount("/static/swagger-ui", docs.static, name="swagger-ui")
     app.include_router(docs.router)

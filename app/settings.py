@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         40_000_000, ge=1024, description="Width x height of one image, read from its header."
     )
+    upload_timeout_s: float = Field(
+        60.0, gt=0, description="Longest time to receive a request body; slower clients get 408."
+    )
     default_top_k: int = Field(3, ge=1, description="top_k when the query does not say.")
 
     # Batching: concurrent requests are merged into one model call.

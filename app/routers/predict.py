@@ -46,7 +46,7 @@ _REJECTION_STATUS: dict[type[ImageRejected], int] = {
 @router.post(
     "/predict",
     response_model=PredictResponse,
-    responses=error_responses(400, 401, 413, 415, 422, 503, 504),
+    responses=error_responses(400, 401, 408, 413, 415, 422, 503, 504),
     dependencies=[Depends(require_multipart)],
 )
 async def predict(
