@@ -1,17 +1,19 @@
 """Dynamic batching: concurrent requests share one model call, as in TF Serving and Triton.
 
-Requests wait in a bounded queue (counted in images, so memory is bounded). One worker takes the
-first request, waits at most `max_batch_delay_ms` for more (up to `max_batch_size` images, never
-splitting a request), runs the model on a single inference thread and resolves each request's
-future with its own rows. A request cancelled before its batch starts (client gone, timeout) is
-dropped without being computed.
+Requests wait in a bounded queue (counted in images, so memory is bounded). One worker takes
+the first request and, if other requests are already being decoded (`incoming`), waits at most
+`max_batch_delay_ms` for them (up to `max_batch_size` images, never splitting a request); a
+lone request is not delayed. The model runs on a single inference thread, and each request's
+future gets its own rows. A request cancelled before its batch starts (client gone, timeout)
+is dropped without being computed.
 """
 
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -72,6 +74,7 @@ class Batcher:
         self._queue: asyncio.Queue[_Request | None] = asyncio.Queue()
         self._queued_images = 0
         self._carry: _Request | None = None  # taken from the queue but did not fit the last batch
+        self._incoming = 0  # requests being received or decoded that will be submitted soon
         self._closed = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._worker: asyncio.Task[None] | None = None
@@ -80,6 +83,15 @@ class Batcher:
     def queued_images(self) -> int:
         """Images accepted and not yet handed to the model."""
         return self._queued_images
+
+    @contextmanager
+    def incoming(self) -> Iterator[None]:
+        """Mark a request that is being prepared, so a forming batch waits for it."""
+        self._incoming += 1
+        try:
+            yield
+        finally:
+            self._incoming -= 1
 
     def start(self) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._run(), name="batcher")
@@ -130,7 +142,7 @@ class Batcher:
             try:
                 if not self._queue.empty():
                     request = self._queue.get_nowait()
-                elif timeout > 0:
+                elif timeout > 0 and self._incoming > 0:
                     request = await asyncio.wait_for(self._queue.get(), timeout)
                 else:
                     break

@@ -73,20 +73,21 @@ async def predict(
             422, "invalid_request", f"top_k must be between 1 and {len(classifier.labels)}"
         )
     names = [(upload.filename or "")[:MAX_FILENAME_CHARS] for upload in files]
-    images = await _decode_all(files, names, classifier, settings.max_image_pixels, decode_pool)
-    try:
-        future = batcher.submit(images)
-    except QueueFull:
-        raise ApiError(
-            503,
-            "overloaded",
-            "too many images are waiting; retry shortly",
-            headers={"Retry-After": "1"},
-        ) from None
-    except BatcherClosed:
-        raise ApiError(
-            503, "shutting_down", "the service is shutting down", headers={"Retry-After": "1"}
-        ) from None
+    with batcher.incoming():
+        images = await _decode_all(files, names, classifier, settings.max_image_pixels, decode_pool)
+        try:
+            future = batcher.submit(images)
+        except QueueFull:
+            raise ApiError(
+                503,
+                "overloaded",
+                "too many images are waiting; retry shortly",
+                headers={"Retry-After": "1"},
+            ) from None
+        except BatcherClosed:
+            raise ApiError(
+                503, "shutting_down", "the service is shutting down", headers={"Retry-After": "1"}
+            ) from None
     remaining = deadline - asyncio.get_running_loop().time()
     probabilities = await _wait_for_result(request, future, remaining, settings.request_timeout_s)
     return PredictResponse(

@@ -137,3 +137,28 @@ def test_constructor_rejects_nonsense() -> None:
         Batcher(row_sums, max_batch_size=0, max_batch_delay_ms=1, max_queue_images=8)
     with pytest.raises(ValueError, match="max_queue_images"):
         Batcher(row_sums, max_batch_size=8, max_batch_delay_ms=1, max_queue_images=4)
+
+
+async def test_a_lone_request_does_not_wait_for_the_batch_delay() -> None:
+    batcher = make(max_batch_delay_ms=60_000)  # a minute: the test would time out if it waited
+    batcher.start()
+
+    result = await asyncio.wait_for(batcher.submit(images_of(1)), timeout=10)
+    await batcher.stop()
+
+    assert result[0, 0] == 12.0
+
+
+async def test_the_batch_waits_for_requests_still_being_decoded() -> None:
+    stats: list[BatchStats] = []
+    batcher = make(max_batch_delay_ms=60_000, on_batch=stats.append)
+    batcher.start()
+
+    with batcher.incoming():  # another request is being decoded
+        first = batcher.submit(images_of(1))
+        await asyncio.sleep(0.05)  # the worker has taken `first` and is waiting
+        second = batcher.submit(images_of(2))
+    await asyncio.gather(first, second)
+    await batcher.stop()
+
+    assert [(s.requests, s.images) for s in stats] == [(2, 2)]
