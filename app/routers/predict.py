@@ -53,7 +53,12 @@ async def predict(
     request: Request,
     files: Annotated[
         list[UploadFile],
-        File(description="One or more images: JPEG, PNG, WebP, GIF, BMP or TIFF."),
+        File(
+            description="One or more images: JPEG, PNG, WebP, GIF, BMP or TIFF.",
+            # `format: binary` makes Swagger UI show a file picker per item (OpenAPI 3.1's
+            # contentMediaType alone renders text boxes).
+            json_schema_extra={"items": {"type": "string", "format": "binary"}},
+        ),
     ],
     classifier: ClassifierDep,
     batcher: BatcherDep,
