@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +62,7 @@ def evaluate_saved_model(
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from training.data import load_dataset
-    from training.report import write_test_figures
+    from training.report import HISTORY_FILE, write_test_figures
 
     parser = argparse.ArgumentParser(
         prog="python -m training.evaluate", description=__doc__.splitlines()[0]
@@ -80,6 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"the model's labels {labels} differ from the data's {list(dataset.labels)}")
     result = evaluate_saved_model(args.model_dir, dataset.x_test, dataset.y_test, labels)
     report_dir = args.report_dir or args.model_dir / "report"
+    history = args.model_dir / "report" / HISTORY_FILE
+    if history.is_file() and report_dir.resolve() != history.parent.resolve():
+        report_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy(history, report_dir / HISTORY_FILE)  # so the curves are redrawn there too
     write_test_figures(report_dir, dataset.x_test, dataset.y_test, result.predictions, labels)
     print(f"model {metadata.get('name')} v{metadata.get('version')} ({args.model_dir})")
     print(f"data: {dataset.source}, {len(dataset.x_test)} test images")

@@ -29,7 +29,8 @@ def read_history(path: Path) -> dict[str, list[float]]:
     columns: dict[str, list[float]] = {}
     for row in rows:
         for key, value in row.items():
-            columns.setdefault(key, []).append(float(value) if value not in ("", None) else np.nan)
+            missing = value in ("", "NA", None)  # CSVLogger writes NA for absent metrics
+            columns.setdefault(key, []).append(np.nan if missing else float(value))
     return columns
 
 

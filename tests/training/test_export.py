@@ -1,0 +1,104 @@
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from training.data import CIFAR10_LABELS
+from training.export import emits_probabilities, export_model
+
+METADATA = {"name": "cifar10", "version": 3, "architecture": {"name": "t"}, "dataset": {}}
+
+
+def tiny_model(softmax: bool) -> keras.Model:
+    keras.utils.set_random_seed(0)
+    return keras.Sequential(
+        [
+            keras.Input((32, 32, 3)),
+            keras.layers.Rescaling(1 / 255),
+            keras.layers.Conv2D(4, 3, strides=2, activation="relu"),
+            keras.layers.Flatten(),  # not flip-invariant, so TTA is visible
+            keras.layers.Dense(10, activation="softmax" if softmax else None),
+        ]
+    )
+
+
+def images(count: int = 7) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
+
+
+def serve(version_dir: Path, x: np.ndarray) -> np.ndarray:
+    signature = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+    return signature(images=tf.constant(x))["probabilities"].numpy()
+
+
+@pytest.mark.parametrize("softmax", [True, False])
+def test_round_trip_takes_uint8_and_returns_probabilities(softmax: bool, tmp_path: Path) -> None:
+    model = tiny_model(softmax)
+    export_model(model, tmp_path / "1", labels=CIFAR10_LABELS, metadata=METADATA)
+
+    signature = tf.saved_model.load(str(tmp_path / "1")).signatures["serving_default"]
+    _, inputs = signature.structured_input_signature
+    assert list(inputs) == ["images"]
+    assert inputs["images"].dtype == tf.uint8 and inputs["images"].shape.as_list() == [
+        None,
+        32,
+        32,
+        3,
+    ]
+    outputs = signature.structured_outputs
+    assert list(outputs) == ["probabilities"] and outputs["probabilities"].dtype == tf.float32
+
+    x = images()
+    probabilities = serve(tmp_path / "1", x)
+    assert probabilities.shape == (7, 10)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    expected = model.predict(x.astype("float32"), verbose=0)
+    if not softmax:
+        expected = tf.nn.softmax(expected).numpy()
+    np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+
+
+def test_softmax_is_detected_from_the_last_layer() -> None:
+    assert emits_probabilities(tiny_model(softmax=True))
+    assert not emits_probabilities(tiny_model(softmax=False))
+
+
+def test_flip_tta_averages_image_and_mirror(tmp_path: Path) -> None:
+    model = tiny_model(softmax=False)
+    export_model(model, tmp_path / "1", labels=CIFAR10_LABELS, metadata=METADATA, tta=True)
+
+    x = images()
+    probabilities = serve(tmp_path / "1", x)
+    mirrored = serve(tmp_path / "1", x[:, :, ::-1].copy())
+
+    np.testing.assert_allclose(probabilities, mirrored, atol=1e-5)
+    plain = tf.nn.softmax(model.predict(x.astype("float32"), verbose=0)).numpy()
+    assert not np.allclose(probabilities, plain, atol=1e-4)
+
+
+def test_metadata_merges_labels_input_and_versions(tmp_path: Path) -> None:
+    export_model(tiny_model(True), tmp_path / "1", labels=CIFAR10_LABELS, metadata=METADATA)
+
+    metadata = json.loads((tmp_path / "1" / "metadata.json").read_text())
+    signature = tf.saved_model.load(str(tmp_path / "1")).signatures["serving_default"]
+    _, inputs = signature.structured_input_signature
+    height, width, channels = inputs["images"].shape.as_list()[1:]
+
+    assert metadata["name"] == "cifar10" and metadata["version"] == 3
+    assert metadata["labels"] == list(CIFAR10_LABELS)
+    assert len(metadata["labels"]) == signature.structured_outputs["probabilities"].shape[-1]
+    assert metadata["input"] == {
+        "height": height,
+        "width": width,
+        "channels": channels,
+        "dtype": "uint8",
+    }
+    assert set(metadata["versions"]) == {"python", "tensorflow", "keras"}
+
+
+def test_label_count_must_match_the_output(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="10 outputs but 3 labels"):
+        export_model(tiny_model(True), tmp_path / "1", labels=["a", "b", "c"], metadata={})

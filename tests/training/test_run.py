@@ -1,0 +1,151 @@
+"""The whole run on a tiny dataset: what lands in models/ and checkpoints/, and the CLIs."""
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from training import train
+from training.__main__ import main as train_main
+from training.evaluate import main as evaluate_main
+from training.train import RunConfig, TrainingInterrupted, run
+
+REPORT_FILES = {
+    "history.csv",
+    "loss.png",
+    "accuracy.png",
+    "confusion_matrix.png",
+    "misclassified.png",
+    "model_summary.txt",
+}
+
+
+@pytest.fixture(scope="module")
+def fast_run(npz_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("run")
+    config = RunConfig(
+        data=str(npz_dir),
+        epochs=2,
+        batch_size=32,
+        val_size=40,
+        models_dir=root / "models",
+        checkpoints_dir=root / "checkpoints",
+    )
+    return run(config), root
+
+
+def test_run_writes_the_artifact_to_the_next_version(fast_run: tuple[Path, Path]) -> None:
+    version_dir, root = fast_run
+
+    assert version_dir == root / "models" / "cifar10" / "1"
+    assert {p.name for p in version_dir.iterdir()} >= {
+        "saved_model.pb",
+        "variables",
+        "metadata.json",
+        "report",
+    }
+    assert {p.name for p in (version_dir / "report").iterdir()} == REPORT_FILES
+    assert not list(version_dir.rglob("*.weights.h5"))  # no checkpoint leaks into models/
+    assert not (root / "checkpoints" / "cifar10" / "backup").exists()  # finished: nothing to resume
+
+
+def test_metadata_is_complete_and_measured_through_the_signature(
+    fast_run: tuple[Path, Path], npz_dir: Path
+) -> None:
+    version_dir, _ = fast_run
+    metadata = json.loads((version_dir / "metadata.json").read_text())
+
+    for key in ("name", "version", "labels", "input", "architecture", "dataset", "metrics"):
+        assert key in metadata
+    assert metadata["version"] == 1 and metadata["architecture"]["name"] == "fast"
+    assert metadata["dataset"] | {"source": None} == {
+        "name": "cifar10",
+        "source": None,
+        "train_size": 120,
+        "val_size": 40,
+        "test_size": 40,
+    }
+    training = metadata["training"]
+    assert training["epochs"] == 2 and training["batch_size"] == 32 and training["seed"] == 0
+    assert training["precision"] == "float32" and training["wall_clock_seconds"] > 0
+    assert "CPU" in training["hardware"] or "GPU" in training["hardware"]
+    assert training["hyperparameters"]["epochs"] == 2
+    assert metadata["created"].endswith("+00:00")
+
+    signature = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+    with np.load(npz_dir / "test.npz") as test:
+        probabilities = signature(images=tf.constant(test["x"]))["probabilities"].numpy()
+        accuracy = float(np.mean(probabilities.argmax(1) == test["y"]))
+    metrics = metadata["metrics"]
+    assert metrics["test_accuracy"] == pytest.approx(accuracy, abs=1e-4)
+    assert set(metrics["per_class_accuracy"]) == set(metadata["labels"])
+    assert 0 <= metrics["val_accuracy"] <= 1
+
+
+def test_seed_cli_runs_both_phases_and_takes_the_next_version(
+    npz_dir: Path, tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    (models / "cifar10-seed" / "4").mkdir(parents=True)
+    args = ["--arch", "seed", "--data", str(npz_dir), "--epochs", "1", "--aug-epochs", "1"]
+    args += ["--val-size", "0", "--name", "cifar10-seed", "--models-dir", str(models)]
+    args += ["--checkpoints-dir", str(tmp_path / "checkpoints")]
+
+    assert train_main(args) == 0
+
+    metadata = json.loads((models / "cifar10-seed" / "5" / "metadata.json").read_text())
+    assert metadata["training"]["epochs"] == 2
+    assert [phase["epochs"] for phase in metadata["training"]["phases"]] == [1, 1]
+    assert metadata["metrics"]["val_accuracy"] is None
+    history = (models / "cifar10-seed" / "5" / "report" / "history.csv").read_text()
+    assert len(history.strip().splitlines()) == 3  # header + one row per epoch
+
+
+def test_evaluate_cli_prints_accuracy_and_rewrites_figures(
+    fast_run: tuple[Path, Path], npz_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    version_dir, _ = fast_run
+    metadata = json.loads((version_dir / "metadata.json").read_text())
+
+    args = [str(version_dir), "--data", str(npz_dir), "--report-dir", str(tmp_path)]
+    assert evaluate_main(args) == 0
+
+    out = capsys.readouterr().out
+    assert f"test accuracy: {metadata['metrics']['test_accuracy']:.4f}" in out
+    assert {p.name for p in tmp_path.iterdir()} == REPORT_FILES - {"model_summary.txt"}
+
+
+def test_ctrl_c_keeps_the_checkpoint_and_resume_continues(
+    npz_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = RunConfig(
+        data=str(npz_dir),
+        epochs=2,
+        batch_size=32,
+        val_size=40,
+        models_dir=tmp_path / "models",
+        checkpoints_dir=tmp_path / "checkpoints",
+    )
+    finish_epoch = train.FitClock.on_epoch_end
+
+    def ctrl_c_after_first_epoch(self, epoch, logs=None):
+        finish_epoch(self, epoch, logs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train.FitClock, "on_epoch_end", ctrl_c_after_first_epoch)
+    with pytest.raises(TrainingInterrupted, match="--resume"):
+        run(config)
+    backup = tmp_path / "checkpoints" / "cifar10" / "backup"
+    assert json.loads((backup / "training_metadata.json").read_text())["epoch"] == 1
+    with h5py.File(backup / "latest.weights.h5") as checkpoint:
+        assert "optimizer" in checkpoint  # step count (schedule), momentum and EMA resume too
+    assert not (tmp_path / "models" / "cifar10").exists()
+
+    monkeypatch.undo()
+    version_dir = run(RunConfig(**{**config.__dict__, "resume": True}))
+
+    history = (version_dir / "report" / "history.csv").read_text().strip().splitlines()
+    assert [row.split(",")[0] for row in history[1:]] == ["0", "1"]  # epoch 0 ran only once
