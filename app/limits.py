@@ -1,8 +1,7 @@
-"""Limits that act before the body is in memory.
+"""Limits that act before the body is in memory, in one middleware.
 
-- A declared Content-Length over MAX_UPLOAD_BYTES is refused before a byte is read. (A chunked
-  body is counted while it streams by FastAPI's `max_body_size` on the predict router, and cut
-  at the same cap.)
+- A declared Content-Length over MAX_UPLOAD_BYTES is refused before a byte is read, and a body
+  without one (chunked) is counted as it streams and cut at the same cap.
 - The whole body must arrive within UPLOAD_TIMEOUT_S, so a slow client cannot hold a
   connection and a buffer for ever.
 """
@@ -20,6 +19,11 @@ class UploadTooSlow(HTTPException):
 
     def __init__(self, timeout_s: float) -> None:
         super().__init__(408, f"the request body did not arrive within {timeout_s:g} s")
+
+
+class BodyTooLarge(HTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body exceeds {limit} bytes (MAX_UPLOAD_BYTES)")
 
 
 class RequestLimitsMiddleware:
@@ -44,21 +48,26 @@ class RequestLimitsMiddleware:
             await response(scope, receive, send)
             return
         deadline = asyncio.get_running_loop().time() + self.upload_timeout_s
+        received = 0
         body_done = False
 
-        async def receive_before_deadline() -> Message:
-            nonlocal body_done
+        async def limited_receive() -> Message:
+            nonlocal received, body_done
             if body_done:  # later calls only wait for a disconnect: no deadline
                 return await receive()
-            remaining = deadline - asyncio.get_running_loop().time()
             try:
-                message = await asyncio.wait_for(receive(), max(remaining, 0))
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
             except TimeoutError:
                 raise UploadTooSlow(self.upload_timeout_s) from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise BodyTooLarge(self.max_body_bytes)
             body_done = message["type"] != "http.request" or not message.get("more_body")
             return message
 
-        await self.app(scope, receive_before_deadline, send)
+        await self.app(scope, limited_receive, send)
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -136,7 +136,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(
         predict.router,
         dependencies=protected,
-        max_body_size=settings.max_upload_bytes,
         form_limits={
             "max_files": settings.max_images_per_request,
             "max_fields": 16,

@@ -113,10 +113,15 @@ async def _decode_all(
     pool: ThreadPoolExecutor,
 ) -> np.ndarray:
     """Decode every upload (large ones in the pool); the first bad file fails the request."""
-    results = await asyncio.gather(
-        *(_decode_one(upload, classifier, max_pixels, pool) for upload in files),
-        return_exceptions=True,
-    )
+    decodes = [_decode_one(upload, classifier, max_pixels, pool) for upload in files]
+    if len(decodes) == 1:  # the common case: no task to create
+        results: list[np.ndarray | BaseException] = []
+        try:
+            results.append(await decodes[0])
+        except Exception as exc:
+            results.append(exc)
+    else:
+        results = await asyncio.gather(*decodes, return_exceptions=True)
     for name, result in zip(names, results, strict=True):
         if isinstance(result, ImageRejected):
             status = _REJECTION_STATUS.get(type(result), 400)
