@@ -117,7 +117,7 @@ def drive(port: int, payload_file: Path, count: int, concurrency: int, seconds: 
         "wrk",
         "-t1",
         f"-c{concurrency}",
-        f"-d{seconds}s",
+        f"-d{round(seconds)}s",
         "--timeout",
         "30s",
         "-s",
