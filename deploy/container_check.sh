@@ -49,10 +49,21 @@ assert config["User"] == "app", "the image must run as the non-root user"
 assert "/health" in " ".join(config["Healthcheck"]["Test"]), "no HEALTHCHECK on /health"
 '
 server=""
+serverlog=$(mktemp)
 ctr=$(buildah from "$IMAGE")
-trap '[ -n "$server" ] && kill "$server" 2>/dev/null; buildah rm "$ctr" >/dev/null 2>&1 || true' EXIT
+cleanup() {
+  status=$?
+  if [ -n "$server" ]; then
+    kill "$server" 2>/dev/null || true
+    wait "$server" 2>/dev/null || true  # buildah run stops the container's process
+  fi
+  [ "$status" -eq 0 ] || { echo "--- server log"; cat "$serverlog"; }
+  buildah rm "$ctr" >/dev/null 2>&1 || true
+  rm -f "$serverlog"
+}
+trap cleanup EXIT
 buildah run --isolation chroot --network host --user app --env PORT="$PORT" "$ctr" \
-  -- python3 -m app &
+  -- python3 -m app > "$serverlog" 2>&1 &
 server=$!
 for _ in $(seq 1 180); do
   curl -fs "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break
