@@ -5,7 +5,7 @@ import random
 import re
 import time
 
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.metrics import Metrics
@@ -61,10 +61,8 @@ class AccessMiddleware:
 
 
 def _request_id(scope: Scope) -> str:
-    for name, value in scope["headers"]:
-        if name == b"x-request-id":
-            candidate = value.decode("latin-1")
-            if _VALID_REQUEST_ID.fullmatch(candidate):
-                return candidate
+    candidate = Headers(scope=scope).get("x-request-id")
+    if candidate is not None and _VALID_REQUEST_ID.fullmatch(candidate):
+        return candidate
     # Unique, not secret: a PRNG is enough and avoids a urandom syscall per request.
     return f"{random.getrandbits(128):032x}"
