@@ -28,6 +28,11 @@ async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
             yield client
 
 
+def full_batch() -> list:
+    """64 different PNGs: one request that fills a 64-image batch."""
+    return [("files", (f"{i}.png", image_bytes(seed=i))) for i in range(64)]
+
+
 def upload(data: bytes, name: str = "x.png") -> dict:
     return {"files": (name, data, "image/png")}
 
@@ -83,7 +88,7 @@ async def test_full_queue_answers_503_with_retry_after(tiny_model_dir) -> None:
     app = create_app(Settings(model_dir=tiny_model_dir))
     async with running(app) as client:
         gated = await gate_the_model(app)
-        batch = [("files", (f"{i}.png", image_bytes(seed=i))) for i in range(64)]
+        batch = full_batch()
         first = asyncio.ensure_future(client.post("/predict", files=batch))
         await asyncio.to_thread(gated.started.wait, 5)  # the model is busy with the first
         queued = asyncio.ensure_future(client.post("/predict", files=batch))
@@ -104,7 +109,7 @@ async def test_health_answers_while_a_batch_computes(tiny_model_dir) -> None:
     app = create_app(Settings(model_dir=tiny_model_dir))
     async with running(app) as client:
         gated = await gate_the_model(app)
-        batch = [("files", (f"{i}.png", image_bytes(seed=i))) for i in range(64)]
+        batch = full_batch()
         pending = asyncio.ensure_future(client.post("/predict", files=batch))
         await asyncio.to_thread(gated.started.wait, 5)
 
