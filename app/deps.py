@@ -15,6 +15,7 @@ from app.batcher import Batcher
 from app.errors import ApiError
 from app.model import Classifier
 from app.settings import Settings
+from app.uploads import Upload, read_uploads
 
 
 async def get_app_settings(request: Request) -> Settings:
@@ -57,8 +58,8 @@ async def require_api_key(
         raise ApiError(401, "unauthorized", "missing or wrong X-API-Key header")
 
 
-async def require_multipart(request: Request) -> None:
-    """Runs before the body is validated, so a JSON or raw upload gets 415, not 'missing files'."""
+async def get_uploads(request: Request, settings: SettingsDep) -> list[Upload]:
+    """The uploaded files, read from the body as it streams in (size and time capped upstream)."""
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
         raise ApiError(
@@ -66,3 +67,9 @@ async def require_multipart(request: Request) -> None:
             "unsupported_media_type",
             f"send multipart/form-data with 'files' parts, not '{content_type or 'no body'}'",
         )
+    return await read_uploads(
+        content_type, request.stream(), max_files=settings.max_images_per_request
+    )
+
+
+UploadsDep = Annotated[list[Upload], Depends(get_uploads)]

@@ -7,7 +7,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.formparsers import MultiPartException
 
 from app.schemas import ErrorDetail, ErrorResponse
 
@@ -71,26 +70,11 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0]
     location = ".".join(str(part) for part in first.get("loc", ()))
-    if tuple(first.get("loc", ())) == ("body", "files"):
-        return error_response(
-            422,
-            "missing_files",
-            "send one or more images as multipart/form-data parts named 'files'",
-        )
     return error_response(422, "invalid_request", f"{location}: {first.get('msg', 'invalid')}")
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    cause = exc.__cause__ or exc.__context__  # Starlette raises it while handling the parse error
-    if isinstance(cause, MultiPartException):
-        # Starlette stops parsing at the first broken limit; say which one.
-        too_many = str(cause).startswith("Too many")
-        return error_response(
-            413 if too_many else 400,
-            "too_many_parts" if too_many else "invalid_multipart",
-            f"malformed or oversized multipart body: {cause}",
-        )
     if exc.status_code == 413:
         return error_response(413, "body_too_large", "the request body exceeds MAX_UPLOAD_BYTES")
     code = {404: "not_found", 405: "method_not_allowed", 408: "upload_timeout"}.get(

@@ -16,7 +16,7 @@ from app.errors import error_response
 
 
 class UploadTooSlow(HTTPException):
-    """Raised from `receive`; FastAPI re-raises HTTPExceptions from body parsing unchanged."""
+    """Raised from `receive`, so it reaches the error handlers from wherever the body is read."""
 
     def __init__(self, timeout_s: float) -> None:
         super().__init__(408, f"the request body did not arrive within {timeout_s:g} s")

@@ -133,15 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Only with an API key configured do the routes (and their OpenAPI) require it.
     protected = [Depends(require_api_key)] if settings.api_key else []
     app.include_router(model_info.router, dependencies=protected)
-    app.include_router(
-        predict.router,
-        dependencies=protected,
-        form_limits={
-            "max_files": settings.max_images_per_request,
-            "max_fields": 16,
-            "max_part_size": 64 * 1024,
-        },
-    )
+    app.include_router(predict.router, dependencies=protected)
     return app
 
 

@@ -5,6 +5,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 
+class PredictForm(BaseModel):
+    """The multipart body of POST /predict (documented here; parsed by `app.uploads`)."""
+
+    # bytes is `format: binary` in the schema: Swagger UI shows a file picker per item.
+    files: list[bytes] = Field(description="One or more images: JPEG, PNG, WebP, GIF, BMP or TIFF.")
+
+
 class LabelProbability(BaseModel):
     label: str = Field(examples=["cat"])
     probability: float = Field(ge=0, le=1, examples=[0.91])

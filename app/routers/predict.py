@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
+from fastapi import APIRouter, Query, Request
 
 from app.batcher import BatcherClosed, QueueFull
 from app.deps import (
@@ -15,7 +15,7 @@ from app.deps import (
     ClassifierDep,
     DecodePoolDep,
     SettingsDep,
-    require_multipart,
+    UploadsDep,
 )
 from app.errors import ApiError, error_responses
 from app.model import Classifier
@@ -28,7 +28,8 @@ from app.preprocessing import (
     open_image,
     to_model_input,
 )
-from app.schemas import LabelProbability, Prediction, PredictResponse
+from app.schemas import LabelProbability, PredictForm, Prediction, PredictResponse
+from app.uploads import Upload
 
 router = APIRouter(tags=["predict"])
 
@@ -47,19 +48,16 @@ _REJECTION_STATUS: dict[type[ImageRejected], int] = {
     "/predict",
     response_model=PredictResponse,
     responses=error_responses(400, 401, 408, 413, 415, 422, 503, 504),
-    dependencies=[Depends(require_multipart)],
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"multipart/form-data": {"schema": PredictForm.model_json_schema()}},
+        }
+    },
 )
 async def predict(
     request: Request,
-    files: Annotated[
-        list[UploadFile],
-        File(
-            description="One or more images: JPEG, PNG, WebP, GIF, BMP or TIFF.",
-            # `format: binary` makes Swagger UI show a file picker per item (OpenAPI 3.1's
-            # contentMediaType alone renders text boxes).
-            json_schema_extra={"items": {"type": "string", "format": "binary"}},
-        ),
-    ],
+    files: UploadsDep,
     classifier: ClassifierDep,
     batcher: BatcherDep,
     decode_pool: DecodePoolDep,
@@ -77,7 +75,7 @@ async def predict(
         raise ApiError(
             422, "invalid_request", f"top_k must be between 1 and {len(classifier.labels)}"
         )
-    names = [(upload.filename or "")[:MAX_FILENAME_CHARS] for upload in files]
+    names = [upload.filename[:MAX_FILENAME_CHARS] for upload in files]
     with batcher.incoming():
         images = await _decode_all(files, names, classifier, settings.max_image_pixels, decode_pool)
         try:
@@ -106,7 +104,7 @@ async def predict(
 
 
 async def _decode_all(
-    files: Sequence[UploadFile],
+    files: Sequence[Upload],
     names: Sequence[str],
     classifier: Classifier,
     max_pixels: int,
@@ -132,10 +130,9 @@ async def _decode_all(
 
 
 async def _decode_one(
-    upload: UploadFile, classifier: Classifier, max_pixels: int, pool: ThreadPoolExecutor
+    upload: Upload, classifier: Classifier, max_pixels: int, pool: ThreadPoolExecutor
 ) -> np.ndarray:
-    data = await upload.read()
-    image = open_image(data, max_pixels=max_pixels)
+    image = open_image(upload.data, max_pixels=max_pixels)
     decode = functools.partial(to_model_input, image, size=classifier.height)
     if image.width * image.height <= INLINE_DECODE_PIXELS:
         return decode()

@@ -148,6 +148,66 @@ def test_multipart_without_boundary_is_400(client) -> None:
     assert_error(response, 400, "invalid_multipart")
 
 
+def multipart(*parts: tuple[str, bytes], boundary: str = "XyZ", close: bool = True) -> bytes:
+    """A hand-built multipart body: (Content-Disposition parameters, data) per part."""
+    body = b"".join(
+        f"--{boundary}\r\nContent-Disposition: form-data; {params}\r\n\r\n".encode()
+        + data
+        + b"\r\n"
+        for params, data in parts
+    )
+    return body + (f"--{boundary}--\r\n".encode() if close else b"")
+
+
+def post_multipart(client, body: bytes, boundary: str = "XyZ"):
+    return client.post(
+        "/predict",
+        content=body,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+
+
+def test_parts_not_named_files_are_ignored(client) -> None:
+    body = multipart(('name="note"', b"hello"), ('name="files"; filename="a.png"', image_bytes()))
+
+    response = post_multipart(client, body)
+
+    assert response.status_code == 200, response.text
+    assert [p["filename"] for p in response.json()["predictions"]] == ["a.png"]
+
+
+def test_a_files_part_without_filename_is_still_an_image(client) -> None:
+    response = post_multipart(client, multipart(('name="files"', image_bytes())))
+
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"][0]["filename"] == ""
+
+
+def test_many_parts_not_named_files_are_413(client) -> None:
+    parts = [(f'name="f{i}"', b"x") for i in range(17)]
+    body = multipart(*parts, ('name="files"; filename="a.png"', image_bytes()))
+
+    assert_error(post_multipart(client, body), 413, "too_many_parts")
+
+
+def test_body_without_the_closing_boundary_is_400(client) -> None:
+    body = multipart(('name="files"; filename="a.png"', image_bytes()), close=False)
+
+    assert_error(post_multipart(client, body), 400, "invalid_multipart")
+
+
+def test_oversized_part_header_is_400(client) -> None:
+    body = multipart((f'name="files"; filename="{"a" * 10_000}.png"', image_bytes()))
+
+    assert_error(post_multipart(client, body), 400, "invalid_multipart")
+
+
+def test_garbage_after_the_boundary_is_400(client) -> None:
+    assert_error(
+        post_multipart(client, b"--XyZ\r\n\x00\x01 not a header\r\n"), 400, "invalid_multipart"
+    )
+
+
 @pytest.mark.parametrize("k", [0, 11, -1])
 def test_top_k_out_of_range_is_422(client, k: int) -> None:
     response = client.post(

@@ -84,8 +84,9 @@ def test_openapi_documents_predict_and_its_errors(client) -> None:
     assert {"200", "400", "413", "415", "422", "503", "504"} <= set(operation["responses"])
     assert operation["description"] or operation["summary"]
     assert "examples" in str(schema["components"]["schemas"]["PredictResponse"])
-    body = schema["components"]["schemas"]["Body_predict_predict_post"]["properties"]["files"]
-    assert body["items"]["format"] == "binary"  # Swagger UI shows file pickers only for this
+    form = operation["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert form["required"] == ["files"]
+    assert form["properties"]["files"]["items"]["format"] == "binary"  # file pickers need this
     docs = client.get("/docs")
     assert docs.status_code == 200 and "/static/swagger-ui/swagger-ui-bundle.js" in docs.text
     bundle = client.get("/static/swagger-ui/swagger-ui-bundle.js")
