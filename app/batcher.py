@@ -1,9 +1,10 @@
 """Dynamic batching: concurrent requests share one model call, as in TF Serving and Triton.
 
-Requests wait in a bounded queue (counted in images, so memory is bounded). One worker takes
+Requests wait in a bounded queue (counted in images, so memory is bounded). The batcher takes
 the first request and, if other requests are already being decoded (`incoming`), waits at most
 `max_batch_delay_ms` for them (up to `max_batch_size` images, never splitting a request); a
-lone request is not delayed. The model runs on a single inference thread, and each request's
+lone request is not delayed. Up to `workers` batches run on the model at once, each on its own
+inference thread (Triton's instance count, TF Serving's num_batch_threads), and each request's
 future gets its own rows. A request cancelled before its batch starts (client gone, timeout)
 is dropped without being computed.
 """
@@ -55,8 +56,11 @@ class Batcher:
         max_batch_size: int,
         max_batch_delay_ms: float,
         max_queue_images: int,
+        workers: int = 1,
         on_batch: Callable[[BatchStats], None] | None = None,
     ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if max_batch_delay_ms < 0:
@@ -76,7 +80,8 @@ class Batcher:
         self._carry: _Request | None = None  # taken from the queue but did not fit the last batch
         self._incoming = 0  # requests being received or decoded that will be submitted soon
         self._closed = False
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._workers = workers
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inference")
         self._worker: asyncio.Task[None] | None = None
 
     @property
@@ -121,10 +126,19 @@ class Batcher:
         return future
 
     async def _run(self) -> None:
-        while (batch := await self._next_batch()) is not None:
-            live = [request for request in batch if not request.future.done()]
-            if live:
-                await self._infer_batch(live)
+        """Form batches one at a time, each only when a worker is free to take it."""
+        free = asyncio.Semaphore(self._workers)
+        running: set[asyncio.Task[None]] = set()
+        while True:
+            await free.acquire()
+            batch = await self._next_batch()
+            if batch is None:
+                break
+            task = asyncio.get_running_loop().create_task(self._infer_batch(batch))
+            running.add(task)
+            task.add_done_callback(running.discard)
+            task.add_done_callback(lambda _: free.release())
+        await asyncio.gather(*running)
 
     async def _next_batch(self) -> list[_Request] | None:
         """Block for the first request, then gather more until size or deadline; None at stop."""
@@ -160,6 +174,9 @@ class Batcher:
         return batch
 
     async def _infer_batch(self, batch: list[_Request]) -> None:
+        batch = [request for request in batch if not request.future.done()]
+        if not batch:
+            return
         images = np.concatenate([request.images for request in batch])
         started = time.monotonic()
         try:

@@ -45,10 +45,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logger.error("%s", exc)
         raise
     logger.info(
-        "serving model %s version %d from %s (%d TF threads)",
+        "serving model %s version %d from %s (%d inference workers x %d TF threads)",
         classifier.name,
         classifier.version,
         classifier.path,
+        settings.batch_workers,
         settings.tf_intra_op_threads,
     )
     telemetry: Metrics = app.state.metrics
@@ -63,6 +64,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         max_batch_size=settings.max_batch_size,
         max_batch_delay_ms=settings.max_batch_delay_ms,
         max_queue_images=settings.max_queue_images,
+        workers=settings.batch_workers,
         on_batch=record_batch,
     )
     telemetry.queue_images.set_function(lambda: batcher.queued_images)

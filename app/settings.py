@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(
         30.0, gt=0, description="From upload received to answer; past it, 504."
     )
+    inference_workers: int | None = Field(
+        None,
+        ge=1,
+        description="Batches computed at once, each on its own thread "
+        "(None: 2 when there are 2 or more CPUs, else 1).",
+    )
 
     # CPU threads (None: derived from the CPU quota the process really has)
     intra_op_threads: int | None = Field(None, ge=1, description="TensorFlow intra-op threads.")
@@ -94,12 +100,18 @@ class Settings(BaseSettings):
         return available_cpus()
 
     @property
+    def batch_workers(self) -> int:
+        return self.inference_workers or min(2, self.cpus)
+
+    @property
     def tf_intra_op_threads(self) -> int:
-        return self.intra_op_threads or self.cpus
+        """The CPUs shared out between the batches that run at once."""
+        return self.intra_op_threads or max(1, self.cpus // self.batch_workers)
 
     @property
     def tf_inter_op_threads(self) -> int:
-        return self.inter_op_threads or 1
+        """One per concurrent batch: with a single one, TensorFlow runs them in turn."""
+        return self.inter_op_threads or self.batch_workers
 
     @property
     def image_decode_threads(self) -> int:

@@ -2,6 +2,7 @@
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -101,9 +102,10 @@ async def test_cancelled_request_is_not_computed() -> None:
     assert gate.batches == [1, 2]
 
 
-async def test_stop_answers_every_queued_request_then_refuses() -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_stop_answers_every_queued_request_then_refuses(workers: int) -> None:
     gate = Gate()
-    batcher = make(gate, max_batch_size=2)
+    batcher = make(gate, max_batch_size=2, workers=workers)
     batcher.start()
     futures = [batcher.submit(images_of(value)) for value in range(5)]
     await asyncio.to_thread(gate.started.wait, 5)
@@ -132,11 +134,52 @@ async def test_a_failing_batch_fails_each_of_its_requests() -> None:
     assert all(isinstance(r, RuntimeError) and "rows" in str(r) for r in results)
 
 
+async def test_two_workers_compute_two_batches_at_once() -> None:
+    both_inside = threading.Barrier(2, timeout=10)  # passes only if two calls overlap
+
+    def infer(images: np.ndarray) -> np.ndarray:
+        both_inside.wait()
+        return row_sums(images)
+
+    batcher = make(infer, max_batch_size=1, workers=2)
+    batcher.start()
+    results = await asyncio.gather(batcher.submit(images_of(1)), batcher.submit(images_of(2)))
+    await batcher.stop()
+
+    assert [r[0, 0] for r in results] == [12.0, 24.0]
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+async def test_no_more_batches_run_at_once_than_workers(workers: int) -> None:
+    lock = threading.Lock()
+    inside, most = 0, 0
+
+    def infer(images: np.ndarray) -> np.ndarray:
+        nonlocal inside, most
+        with lock:
+            inside += 1
+            most = max(most, inside)
+        time.sleep(0.02)
+        with lock:
+            inside -= 1
+        return row_sums(images)
+
+    batcher = make(infer, max_batch_size=1, workers=workers)
+    batcher.start()
+    results = await asyncio.gather(*(batcher.submit(images_of(v)) for v in range(8)))
+    await batcher.stop()
+
+    assert [r[0, 0] for r in results] == [12.0 * v for v in range(8)]
+    assert most == workers
+
+
 def test_constructor_rejects_nonsense() -> None:
     with pytest.raises(ValueError, match="max_batch_size"):
         Batcher(row_sums, max_batch_size=0, max_batch_delay_ms=1, max_queue_images=8)
     with pytest.raises(ValueError, match="max_queue_images"):
         Batcher(row_sums, max_batch_size=8, max_batch_delay_ms=1, max_queue_images=4)
+    with pytest.raises(ValueError, match="workers"):
+        Batcher(row_sums, max_batch_size=8, max_batch_delay_ms=1, max_queue_images=8, workers=0)
 
 
 async def test_a_lone_request_does_not_wait_for_the_batch_delay() -> None:
