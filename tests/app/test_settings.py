@@ -1,0 +1,31 @@
+"""Thread defaults follow the CPU quota; explicit settings win."""
+
+import pytest
+
+from app.settings import Settings
+
+
+@pytest.mark.parametrize(
+    ("cpus", "workers", "intra_op", "inter_op"),
+    [(1, 1, 1, 1), (2, 2, 1, 2), (3, 2, 1, 2), (8, 2, 4, 2)],
+)
+def test_thread_defaults_share_the_quota_between_workers(
+    monkeypatch, cpus: int, workers: int, intra_op: int, inter_op: int
+) -> None:
+    monkeypatch.setattr("app.settings.available_cpus", lambda: cpus)
+
+    settings = Settings()
+
+    assert settings.batch_workers == workers
+    assert settings.tf_intra_op_threads == intra_op
+    assert settings.tf_inter_op_threads == inter_op
+    assert settings.batch_workers * settings.tf_intra_op_threads <= cpus
+
+
+def test_explicit_thread_settings_win(monkeypatch) -> None:
+    monkeypatch.setattr("app.settings.available_cpus", lambda: 8)
+
+    settings = Settings(inference_workers=1, intra_op_threads=3, inter_op_threads=2)
+
+    assert (settings.batch_workers, settings.tf_intra_op_threads) == (1, 3)
+    assert settings.tf_inter_op_threads == 2
