@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from app.model import load_classifier
+from app.model import Classifier, load_classifier
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -71,16 +71,17 @@ def make_payloads(folder: Path) -> None:
 def bare_model(model_dir: Path, seconds: float) -> dict[int, float]:
     """Images/s of the serving signature called directly, per batch size."""
     classifier = load_classifier(model_dir)
-    result = {}
-    for batch in (1, 32, 256):
-        images = np.zeros((batch, classifier.height, classifier.width, 3), np.uint8)
+    return {batch: bare_rate(classifier, batch, seconds) for batch in (1, 32, 256)}
+
+
+def bare_rate(classifier: Classifier, batch: int, seconds: float) -> float:
+    images = np.zeros((batch, classifier.height, classifier.width, 3), np.uint8)
+    classifier.predict(images)
+    calls, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
         classifier.predict(images)
-        calls, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            classifier.predict(images)
-            calls += 1
-        result[batch] = calls * batch / (time.perf_counter() - started)
-    return result
+        calls += 1
+    return calls * batch / (time.perf_counter() - started)
 
 
 def start(command: list[str], port: int, env: dict[str, str]) -> subprocess.Popen:
@@ -176,7 +177,7 @@ def write_results(rows: list[Row], bare: dict[int, float], model_dir: Path, seco
     lines = [
         f"Measured by `python -m benchmarks.run --duration {seconds:g}` on {platform.node()} "
         f"({os.cpu_count()} CPUs, {platform.processor() or platform.machine()}), "
-        f"model `{model_dir}`, wrk with 1 thread, {seconds:g} s per cell.",
+        f"model `{_shown(model_dir)}`, wrk with 1 thread, {seconds:g} s per cell.",
         "",
         "Bare model (serving signature, no HTTP): "
         + ", ".join(f"batch {b}: {v:.0f} images/s" for b, v in bare.items()),
@@ -201,6 +202,11 @@ def write_results(rows: list[Row], bare: dict[int, float], model_dir: Path, seco
     ]
     (RESULTS / "serving.md").write_text("\n".join(lines) + "\n")
     plot(rows, bare)
+
+
+def _shown(path: Path) -> Path:
+    """The path relative to the repository when it is inside it, so results name no home."""
+    return path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path
 
 
 def plot(rows: list[Row], bare: dict[int, float]) -> None:
