@@ -33,8 +33,8 @@ class _Part:
     disposition: bytes = b""
     header_name: bytes = b""
     header_value: bytes = b""
+    filename: str | None = None  # set for `files` parts only: the others are not kept
     chunks: list[bytes] = field(default_factory=list)
-    is_file: bool = False
 
 
 class _Collector:
@@ -45,7 +45,6 @@ class _Collector:
         self.uploads: list[Upload] = []
         self.other_fields = 0
         self.part = _Part()
-        self.filename = ""
         self.complete = False  # the closing boundary was seen
 
     def on_part_begin(self) -> None:
@@ -77,16 +76,15 @@ class _Collector:
                 "too_many_parts",
                 f"more than {self.max_files} files in one request (MAX_IMAGES_PER_REQUEST)",
             )
-        self.part.is_file = True
-        self.filename = _decode_filename(options.get(b"filename", b""))
+        self.part.filename = _decode_filename(options.get(b"filename", b""))
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
-        if self.part.is_file:
+        if self.part.filename is not None:
             self.part.chunks.append(data[start:end])
 
     def on_part_end(self) -> None:
-        if self.part.is_file:
-            self.uploads.append(Upload(self.filename, b"".join(self.part.chunks)))
+        if self.part.filename is not None:
+            self.uploads.append(Upload(self.part.filename, b"".join(self.part.chunks)))
 
     def on_end(self) -> None:
         self.complete = True
