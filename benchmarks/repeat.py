@@ -15,7 +15,16 @@ import tempfile
 from pathlib import Path
 
 from app.model import load_classifier
-from benchmarks.run import RESULTS, ROOT, bare_rate, drive, make_payloads, start, stop
+from benchmarks.run import (
+    RESULTS,
+    ROOT,
+    bare_rate,
+    drive,
+    ensure_wrk,
+    make_payloads,
+    start,
+    stop,
+)
 
 PORT = 8103
 
@@ -26,6 +35,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10, help="seconds per wrk run")
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "cifar10")
     args = parser.parse_args()
+    ensure_wrk()
 
     env = os.environ | {
         "MODEL_DIR": str(args.model),

@@ -113,6 +113,20 @@ def stop(process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
+def ensure_wrk() -> None:
+    """Install wrk with the system's apt-get the first time a benchmark needs it."""
+    if shutil.which("wrk") is not None:
+        return
+    apt = shutil.which("apt-get")
+    if apt is None:
+        sys.exit("wrk is not installed and there is no apt-get here: install wrk, then rerun")
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
+    print("installing wrk with apt-get ...", flush=True)
+    subprocess.run([*sudo, apt, "update", "-qq"], check=True, env=env)
+    subprocess.run([*sudo, apt, "install", "-y", "-qq", "wrk"], check=True, env=env)
+
+
 def drive(port: int, payload_file: Path, count: int, concurrency: int, seconds: float) -> dict:
     command = [
         "wrk",
@@ -239,8 +253,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "cifar10")
     parser.add_argument("--only", choices=("service", "naive"), help="skip the other service")
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        sys.exit("wrk is not installed: apt-get install wrk")
+    ensure_wrk()
 
     env = os.environ | {"MODEL_DIR": str(args.model), "TF_CPP_MIN_LOG_LEVEL": "2"}
     with tempfile.TemporaryDirectory() as tmp:

@@ -18,7 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-from benchmarks.run import LUA, RESULTS, ROOT, make_payloads, start, stop
+from benchmarks.run import LUA, RESULTS, ROOT, ensure_wrk, make_payloads, start, stop
 
 PORT = 8103
 
@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "cifar10")
     args = parser.parse_args()
+    ensure_wrk()
 
     env = os.environ | {"MODEL_DIR": str(args.model), "PORT": str(PORT), "LOG_LEVEL": "warning"}
     samples: list[tuple[float, float]] = []
