@@ -23,10 +23,9 @@ REPORT_FILES = {
 }
 
 
-@pytest.fixture(scope="module")
-def fast_run(npz_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("run")
-    config = RunConfig(
+def small_run(npz_dir: Path, root: Path) -> RunConfig:
+    """Two epochs on the tiny npz fixture, writing models and checkpoints under `root`."""
+    return RunConfig(
         data=str(npz_dir),
         epochs=2,
         batch_size=32,
@@ -34,7 +33,12 @@ def fast_run(npz_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
         models_dir=root / "models",
         checkpoints_dir=root / "checkpoints",
     )
-    return run(config), root
+
+
+@pytest.fixture(scope="module")
+def fast_run(npz_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("run")
+    return run(small_run(npz_dir, root)), root
 
 
 def test_run_writes_the_artifact_to_the_next_version(fast_run: tuple[Path, Path]) -> None:
@@ -121,14 +125,7 @@ def test_evaluate_cli_prints_accuracy_and_rewrites_figures(
 def test_ctrl_c_keeps_the_checkpoint_and_resume_continues(
     npz_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = RunConfig(
-        data=str(npz_dir),
-        epochs=2,
-        batch_size=32,
-        val_size=40,
-        models_dir=tmp_path / "models",
-        checkpoints_dir=tmp_path / "checkpoints",
-    )
+    config = small_run(npz_dir, tmp_path)
     finish_epoch = train.FitClock.on_epoch_end
 
     def ctrl_c_after_first_epoch(self, epoch, logs=None):
