@@ -39,6 +39,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="images held out of the end of train for validation (0 allowed)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        default="auto",
+        help="auto: float16 on a GPU, bfloat16 on a CPU with AMX or AVX-512 BF16, else float32",
+    )
     parser.add_argument("--name", default="cifar10", help="model name: models/<name>/")
     parser.add_argument("--models-dir", type=Path, default=Path("models"))
     parser.add_argument(

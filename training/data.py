@@ -69,7 +69,7 @@ def load_npz(directory: Path) -> Dataset:
     for split in ("train", "test"):
         with np.load(directory / f"{split}.npz") as data:
             arrays += [_images(data["x"]), _labels(data["y"])]
-    return Dataset(*arrays, labels=CIFAR10_LABELS, source=f"npz {directory}")
+    return Dataset(*arrays, labels=CIFAR10_LABELS, source=f"npz {display_path(directory)}")
 
 
 def load_cifar_batches(directory: Path) -> Dataset:
@@ -85,7 +85,11 @@ def load_cifar_batches(directory: Path) -> Dataset:
     labels = _batch_label_names(directory / "batches.meta")
     x_train, y_train = _concat(train)
     return Dataset(
-        x_train, y_train, *test, labels=labels, source=f"cifar-10-batches-py {directory}"
+        x_train,
+        y_train,
+        *test,
+        labels=labels,
+        source=f"cifar-10-batches-py {display_path(directory)}",
     )
 
 
@@ -109,7 +113,13 @@ def load_cifar_tarball(path: Path) -> Dataset:
     if not train or test is None:
         raise FileNotFoundError(f"no data_batch_* and test_batch in {path}")
     x_train, y_train = _concat(train[k] for k in sorted(train))
-    return Dataset(x_train, y_train, *test, labels=labels, source=f"cifar-10-python.tar.gz {path}")
+    return Dataset(
+        x_train,
+        y_train,
+        *test,
+        labels=labels,
+        source=f"cifar-10-python.tar.gz {display_path(path)}",
+    )
 
 
 def load_keras() -> Dataset:
@@ -161,9 +171,19 @@ def load_image_folder(
         x_test,
         y_test,
         labels=tuple(labels),
-        source=f"image folder {directory}",
+        source=f"image folder {display_path(directory)}",
         name=directory.name,
     )
+
+
+def display_path(path: Path) -> str:
+    """A data path as metadata.json keeps it: relative to the folder holding this repository
+    (`shared/data/cifar10`), else just its name, so no machine's absolute path is published."""
+    path = Path(path).resolve()
+    try:
+        return path.relative_to(REPO_ROOT.parent).as_posix()
+    except ValueError:
+        return path.name
 
 
 def find_offline_copy() -> Path | None:

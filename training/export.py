@@ -14,12 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 SIGNATURE_KEY = "serving_default"
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
 METADATA_FILE = "metadata.json"
+GOLDEN_FILE = "golden.npz"
+TTA_LEVELS = (0, 1, 2)
+TTA_VIEWS = {0: 1, 1: 2, 2: 6}  # forward passes per served image
 
 
 def emits_probabilities(model: keras.Model) -> bool:
@@ -43,36 +47,62 @@ def library_versions() -> dict[str, str]:
     }
 
 
+def view_logits(model: keras.Model, pixels: tf.Tensor, tta_level: int = 0) -> tf.Tensor:
+    """The model's logits averaged over the test-time views of `pixels` (float 0..255, NHWC).
+
+    Level 0: the image. Level 1: the mean of the image and its mirror. Level 2 (airbench's
+    multi-crop): half level 1, half the level-1 mean of two copies shifted one pixel up-left and
+    down-right (reflect-padded): 6 views. All views go through the model as one batch. A model
+    ending in a softmax gives log-probabilities instead, which differ from logits by a constant
+    per image and so average and scale the same way.
+    """
+    views = [pixels]
+    if tta_level >= 2:
+        padded = tf.pad(pixels, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
+        views += [padded[:, :-2, :-2], padded[:, 2:, 2:]]
+    if tta_level >= 1:
+        views += [tf.reverse(view, axis=[2]) for view in views]
+    outputs = tf.cast(model(tf.concat(views, axis=0), training=False), tf.float32)
+    if emits_probabilities(model):
+        outputs = tf.math.log(tf.maximum(outputs, 1e-30))
+    per_view = tf.split(outputs, len(views), axis=0)
+    if tta_level == 0:
+        return per_view[0]
+    mirror_means = [
+        (per_view[i] + per_view[i + len(views) // 2]) / 2.0 for i in range(len(views) // 2)
+    ]
+    if tta_level == 1:
+        return mirror_means[0]
+    return 0.5 * mirror_means[0] + 0.25 * (mirror_means[1] + mirror_means[2])
+
+
 def export_model(
     model: keras.Model,
     version_dir: Path,
     *,
     labels: Sequence[str],
     metadata: dict[str, Any],
-    tta: bool = False,
+    tta_level: int = 0,
+    temperature: float = 1.0,
 ) -> None:
     """Write `version_dir` as a SavedModel with the `serving_default` signature plus metadata.json.
 
-    The model must take float pixels in 0..255, NHWC. Its output is treated as logits unless its
-    last layer is a softmax (see `emits_probabilities`). With `tta`, the probabilities are the mean
-    of those for the image and its horizontal mirror.
+    The model must take float pixels in 0..255, NHWC. The signature serves
+    softmax(view_logits(model, images, tta_level) / temperature): the test-time augmentation and
+    the fitted temperature are part of the graph, so every runtime serves the same probabilities.
     """
     height, width, channels = (int(d) for d in model.input_shape[1:])
     num_classes = int(model.output_shape[-1])
     if num_classes != len(labels):
         raise ValueError(f"model has {num_classes} outputs but {len(labels)} labels were given")
-    softmax_inside = emits_probabilities(model)
-
-    def probabilities(pixels: tf.Tensor) -> tf.Tensor:
-        outputs = model(pixels, training=False)
-        return outputs if softmax_inside else tf.nn.softmax(outputs, axis=-1)
+    if tta_level not in TTA_LEVELS:
+        raise ValueError(f"tta_level must be one of {TTA_LEVELS}, got {tta_level}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
 
     def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
-        pixels = tf.cast(images, tf.float32)
-        probs = probabilities(pixels)
-        if tta:
-            probs = (probs + probabilities(tf.image.flip_left_right(pixels))) / 2.0
-        return {OUTPUT_NAME: tf.cast(probs, tf.float32)}
+        logits = view_logits(model, tf.cast(images, tf.float32), tta_level)
+        return {OUTPUT_NAME: tf.nn.softmax(logits / temperature, axis=-1)}
 
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -88,9 +118,25 @@ def export_model(
         **metadata,
         "labels": list(labels),
         "input": {"height": height, "width": width, "channels": channels, "dtype": "uint8"},
+        "serving": {
+            "tta_level": tta_level,
+            "forward_passes_per_image": TTA_VIEWS[tta_level],
+            "temperature": round(float(temperature), 4),
+        },
         "versions": library_versions(),
     }
     write_metadata(version_dir, full)
+
+
+def write_golden(version_dir: Path, images: np.ndarray) -> Path:
+    """golden.npz: `images` and the exported signature's `probabilities` for them, so any runtime
+    that serves this version can check itself against TensorFlow at load (shared/DESIGN.md)."""
+    images = np.ascontiguousarray(images, dtype=np.uint8)
+    signature = tf.saved_model.load(str(version_dir)).signatures[SIGNATURE_KEY]
+    probabilities = signature(**{INPUT_NAME: tf.constant(images)})[OUTPUT_NAME].numpy()
+    path = Path(version_dir) / GOLDEN_FILE
+    np.savez_compressed(path, images=images, probabilities=probabilities.astype(np.float32))
+    return path
 
 
 def write_metadata(version_dir: Path, metadata: dict[str, Any]) -> None:

@@ -1,7 +1,7 @@
 """Model builders. Each takes float pixels in 0..255 (NHWC) so scaling lives inside the model.
 
 - `make_seed_model`: the blog's VGG-style network, unchanged (softmax output).
-- `make_fast_model`: an airbench94-shaped network (logits output), sized for a 2-core CPU.
+- `make_fast_model`: airbench94's network (logits output): whitening, three GELU conv blocks.
 """
 
 from __future__ import annotations
@@ -93,17 +93,54 @@ class PatchWhitening(layers.Layer):
         return {**super().get_config(), "kernel_size": self.kernel_size, "eps": self.eps}
 
 
+@keras.saving.register_keras_serializable(package="training")
+class ScaledShift(layers.Layer):
+    """A learned per-channel shift that trains `lr_multiplier` times faster than the other weights.
+
+    airbench gives BatchNorm biases 64x the learning rate. Keras optimizers have one learning rate,
+    so the shift is stored divided by sqrt(m) and multiplied back in `call`: the stored variable's
+    gradient grows by sqrt(m) and each step moves the shift sqrt(m) * sqrt(m) = m times further.
+    Decoupled weight decay shrinks it by the same fraction as every other weight.
+    """
+
+    def __init__(self, lr_multiplier: float = 64.0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.lr_multiplier = lr_multiplier
+        self.factor = float(np.sqrt(lr_multiplier))
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        self.shift = self.add_weight(name="shift", shape=(input_shape[-1],), initializer="zeros")
+
+    def call(self, inputs):
+        return inputs + self.factor * self.shift
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "lr_multiplier": self.lr_multiplier}
+
+
+def dirac_init(conv: layers.Conv2D) -> None:
+    """Make the first min(in, out) filters identities (airbench): every block starts as a near
+    pass-through, an implicit residual connection; the other filters keep their random init."""
+    kernel = conv.kernel.numpy()
+    kh, kw, channels_in, channels_out = kernel.shape
+    identities = min(channels_in, channels_out)
+    kernel[..., :identities] = 0.0
+    kernel[kh // 2, kw // 2, np.arange(identities), np.arange(identities)] = 1.0
+    conv.kernel.assign(kernel)
+
+
 def make_fast_model(
     input_shape: Sequence[int],
     num_classes: int,
     *,
-    widths: Sequence[int] = (32, 128, 128),
-    batchnorm_momentum: float = 0.9,
+    widths: Sequence[int] = (64, 256, 256),
+    batchnorm_momentum: float = 0.6,
+    bias_lr_multiplier: float = 64.0,
     logit_scale: float = 1 / 9,
-    activation: str = "relu",
+    activation: str = "gelu",
     train_images: np.ndarray | None = None,
 ) -> keras.Model:
-    """An airbench94-shaped net emitting logits: whitening conv, three conv blocks, max-pool head.
+    """airbench94's net emitting logits: whitening conv, three conv blocks, max-pool head.
 
     `train_images` (uint8 or float 0..255) sets the normalisation statistics and the whitening
     kernel from the data; without it CIFAR-10 statistics and an unfitted kernel are used (tests).
@@ -115,9 +152,13 @@ def make_fast_model(
     else:
         pixels, mean, std = None, np.array(CIFAR10_MEAN), np.array(CIFAR10_STD)
 
-    def bn(name: str) -> layers.Layer:
-        # No learned scale: the following conv is scale-invariant anyway (as in airbench).
-        return layers.BatchNormalization(momentum=batchnorm_momentum, scale=False, name=name)
+    def norm(x, name: str):
+        # Normalise only; the shift trains 64x faster and there is no scale: the following conv
+        # is scale-invariant anyway (as in airbench).
+        x = layers.BatchNormalization(
+            momentum=batchnorm_momentum, epsilon=1e-5, center=False, scale=False, name=name
+        )(x)
+        return ScaledShift(bias_lr_multiplier, name=f"{name}_shift")(x)
 
     inputs = keras.Input(tuple(input_shape))
     x = layers.Normalization(mean=mean * 255.0, variance=(std * 255.0) ** 2, name="normalize")(
@@ -125,18 +166,24 @@ def make_fast_model(
     )
     whiten = PatchWhitening(name="whiten")
     x = layers.Activation(activation, name="whiten_act")(whiten(x))
+    convs = []
     for block, width in enumerate(widths, start=1):
-        x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"block{block}_conv1")(x)
-        x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
-        x = layers.Activation(activation, name=f"block{block}_act1")(bn(f"block{block}_bn1")(x))
-        x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"block{block}_conv2")(x)
-        x = layers.Activation(activation, name=f"block{block}_act2")(bn(f"block{block}_bn2")(x))
+        conv1 = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"block{block}_conv1")
+        conv2 = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"block{block}_conv2")
+        x = layers.MaxPooling2D(2, name=f"block{block}_pool")(conv1(x))
+        x = layers.Activation(activation, name=f"block{block}_act1")(norm(x, f"block{block}_bn1"))
+        x = conv2(x)
+        x = layers.Activation(activation, name=f"block{block}_act2")(norm(x, f"block{block}_bn2"))
+        convs += [conv1, conv2]
     x = layers.GlobalMaxPooling2D(name="pool")(x)
     x = layers.Dense(num_classes, use_bias=False, name="head")(x)
-    # airbench's fixed 1/9 output scale: keeps early logits small, a temperature on the head.
-    outputs = layers.Rescaling(logit_scale, name="logits")(x)
+    # airbench's fixed 1/9 output scale keeps early logits small. float32 whatever the policy,
+    # so the loss and the exported softmax never see bfloat16 logits.
+    outputs = layers.Rescaling(logit_scale, name="logits", dtype="float32")(x)
     model = keras.Model(inputs, outputs, name="fast")
 
+    for conv in convs:
+        dirac_init(conv)
     if pixels is not None:
         sample = pixels[: min(len(pixels), 5000)]
         whiten.adapt((sample - mean) / std)

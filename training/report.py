@@ -12,6 +12,8 @@ import numpy as np
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt
 
+from training.calibration import ECE_BINS, expected_calibration_error, top1
+
 HISTORY_FILE = "history.csv"
 
 
@@ -99,6 +101,38 @@ def plot_misclassified(
         ax.imshow(images[index], interpolation="nearest")
         ax.set_title(f"true: {labels[y_true[index]]}\npred: {labels[y_pred[index]]}", fontsize=8)
     fig.suptitle("Misclassified test images")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_reliability(
+    probabilities: dict[str, np.ndarray], y_true: np.ndarray, path: Path, bins: int = ECE_BINS
+) -> None:
+    """Reliability diagram: accuracy against confidence per bin, one line per set of
+    probabilities (before and after calibration), the diagonal being perfect calibration."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfectly calibrated")
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    for name, probs in probabilities.items():
+        confidence, correct = top1(probs, y_true)
+        which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+        filled = [b for b in range(bins) if np.any(which == b)]
+        ax.plot(
+            [confidence[which == b].mean() for b in filled],
+            [correct[which == b].mean() for b in filled],
+            marker="o",
+            label=f"{name}: ECE {expected_calibration_error(probs, y_true, bins):.2%}",
+        )
+    ax.set(
+        title="Reliability (test)",
+        xlabel="confidence (top-1 probability)",
+        ylabel="accuracy",
+        xlim=(0, 1),
+        ylim=(0, 1),
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -5,6 +5,8 @@ import pytest
 
 from training.data import (
     CIFAR10_LABELS,
+    REPO_ROOT,
+    display_path,
     load_cifar_batches,
     load_cifar_tarball,
     load_dataset,
@@ -27,7 +29,16 @@ def test_npz(npz_dir: Path) -> None:
         np.testing.assert_array_equal(data.x_train, train["x"])
         np.testing.assert_array_equal(data.y_train, train["y"])
     assert data.x_test.shape == (40, 32, 32, 3) and data.x_test.dtype == np.uint8
-    assert data.labels == CIFAR10_LABELS and str(npz_dir) in data.source
+    assert data.labels == CIFAR10_LABELS and data.source == f"npz {npz_dir.name}"
+
+
+def test_sources_name_no_absolute_path() -> None:
+    """metadata.json is published with the model (and served at /model): the data's place is
+    named relative to the folder holding the repository, never by a machine's absolute path."""
+    inside = REPO_ROOT.parent / "shared" / "data" / "cifar10"
+
+    assert display_path(inside) == "shared/data/cifar10"
+    assert display_path(Path("/somewhere/else/cifar10")) == "cifar10"
 
 
 def test_cifar_batches_decode_chw_rows_to_hwc_images(cifar_batches) -> None:

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from training.data import CIFAR10_LABELS
-from training.export import emits_probabilities, export_model
+from training.export import emits_probabilities, export_model, read_metadata, write_golden
 
 METADATA = {"name": "cifar10", "version": 3, "architecture": {"name": "t"}, "dataset": {}}
 
@@ -66,17 +66,62 @@ def test_softmax_is_detected_from_the_last_layer() -> None:
     assert not emits_probabilities(tiny_model(softmax=False))
 
 
-def test_flip_tta_averages_image_and_mirror(tmp_path: Path) -> None:
+def logits(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    return model.predict(np.ascontiguousarray(x, dtype="float32"), verbose=0)
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_tta_level_1_averages_image_and_mirror(tmp_path: Path) -> None:
     model = tiny_model(softmax=False)
-    export_model(model, tmp_path / "1", labels=CIFAR10_LABELS, metadata=METADATA, tta=True)
+    export_model(model, tmp_path / "1", labels=CIFAR10_LABELS, metadata=METADATA, tta_level=1)
 
     x = images()
     probabilities = serve(tmp_path / "1", x)
-    mirrored = serve(tmp_path / "1", x[:, :, ::-1].copy())
 
-    np.testing.assert_allclose(probabilities, mirrored, atol=1e-5)
-    plain = tf.nn.softmax(model.predict(x.astype("float32"), verbose=0)).numpy()
-    assert not np.allclose(probabilities, plain, atol=1e-4)
+    expected = softmax((logits(model, x) + logits(model, x[:, :, ::-1])) / 2)
+    np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+    assert not np.allclose(probabilities, softmax(logits(model, x)), atol=1e-4)
+
+
+def test_tta_level_2_weights_six_views_like_airbench(tmp_path: Path) -> None:
+    model = tiny_model(softmax=False)
+    export_model(model, tmp_path / "1", labels=CIFAR10_LABELS, metadata=METADATA, tta_level=2)
+
+    x = images()
+    padded = np.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)], mode="reflect")
+    up_left, down_right = padded[:, :32, :32], padded[:, 2:, 2:]
+
+    def mirror_mean(view: np.ndarray) -> np.ndarray:
+        return (logits(model, view) + logits(model, view[:, :, ::-1])) / 2
+
+    expected = 0.5 * mirror_mean(x) + 0.25 * (mirror_mean(up_left) + mirror_mean(down_right))
+    np.testing.assert_allclose(serve(tmp_path / "1", x), softmax(expected), atol=1e-5)
+    assert read_metadata(tmp_path / "1")["serving"]["forward_passes_per_image"] == 6
+
+
+def test_temperature_divides_the_logits_inside_the_graph(tmp_path: Path) -> None:
+    model = tiny_model(softmax=False)
+    export_model(model, tmp_path / "1", labels=CIFAR10_LABELS, metadata=METADATA, temperature=0.5)
+
+    x = images()
+    np.testing.assert_allclose(serve(tmp_path / "1", x), softmax(logits(model, x) / 0.5), atol=1e-5)
+    assert read_metadata(tmp_path / "1")["serving"]["temperature"] == 0.5
+
+
+def test_golden_set_holds_the_signatures_answers(tmp_path: Path) -> None:
+    export_model(tiny_model(True), tmp_path / "1", labels=CIFAR10_LABELS, metadata=METADATA)
+    x = images(5)
+
+    path = write_golden(tmp_path / "1", x)
+
+    with np.load(path) as golden:
+        np.testing.assert_array_equal(golden["images"], x)
+        assert golden["probabilities"].dtype == np.float32
+        np.testing.assert_array_equal(golden["probabilities"], serve(tmp_path / "1", x))
 
 
 def test_metadata_merges_labels_input_and_versions(tmp_path: Path) -> None:

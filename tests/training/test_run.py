@@ -10,7 +10,9 @@ import tensorflow as tf
 
 from training import train
 from training.__main__ import main as train_main
+from training.calibration import expected_calibration_error
 from training.evaluate import main as evaluate_main
+from training.hardware import choose_precision
 from training.train import RunConfig, TrainingInterrupted, run
 
 REPORT_FILES = {
@@ -20,6 +22,7 @@ REPORT_FILES = {
     "confusion_matrix.png",
     "misclassified.png",
     "model_summary.txt",
+    "calibration.png",
 }
 
 
@@ -49,8 +52,10 @@ def test_run_writes_the_artifact_to_the_next_version(fast_run: tuple[Path, Path]
         "saved_model.pb",
         "variables",
         "metadata.json",
+        "golden.npz",
         "report",
     }
+    assert not list((root / "models" / "cifar10").glob(".*"))  # the partial folder was renamed
     assert {p.name for p in (version_dir / "report").iterdir()} == REPORT_FILES
     assert not list(version_dir.rglob("*.weights.h5"))  # no checkpoint leaks into models/
     assert not (root / "checkpoints" / "cifar10" / "backup").exists()  # finished: nothing to resume
@@ -74,7 +79,8 @@ def test_metadata_is_complete_and_measured_through_the_signature(
     }
     training = metadata["training"]
     assert training["epochs"] == 2 and training["batch_size"] == 32 and training["seed"] == 0
-    assert training["precision"] == "float32" and training["wall_clock_seconds"] > 0
+    assert training["precision"] == choose_precision("auto").name
+    assert training["wall_clock_seconds"] > 0
     assert "CPU" in training["hardware"] or "GPU" in training["hardware"]
     assert training["hyperparameters"]["epochs"] == 2
     assert metadata["created"].endswith("+00:00")
@@ -82,11 +88,21 @@ def test_metadata_is_complete_and_measured_through_the_signature(
     signature = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
     with np.load(npz_dir / "test.npz") as test:
         probabilities = signature(images=tf.constant(test["x"]))["probabilities"].numpy()
-        accuracy = float(np.mean(probabilities.argmax(1) == test["y"]))
+        labels = test["y"]
+    accuracy = float(np.mean(probabilities.argmax(1) == labels))
     metrics = metadata["metrics"]
     assert metrics["test_accuracy"] == pytest.approx(accuracy, abs=1e-4)
     assert set(metrics["per_class_accuracy"]) == set(metadata["labels"])
     assert 0 <= metrics["val_accuracy"] <= 1
+    after = metrics["test_calibration"]["after"]
+    assert after["accuracy"] == pytest.approx(accuracy, abs=1e-4)
+    assert after["ece"] == pytest.approx(
+        expected_calibration_error(probabilities, labels), abs=1e-4
+    )
+    serving = metadata["serving"]
+    assert serving["tta_level"] == metadata["serving_choice"]["tta_level"]
+    assert serving["temperature"] == metadata["serving_choice"]["temperature"] > 0
+    assert not Path(metadata["dataset"]["source"].split(" ", 1)[1]).is_absolute()
 
 
 def test_seed_cli_runs_both_phases_and_takes_the_next_version(
