@@ -6,6 +6,7 @@ from types import FrameType
 
 import uvicorn
 
+from app.connections import guarded_protocol
 from app.settings import get_settings
 
 STARTUP_FAILURE = 3  # uvicorn's own exit code when the app fails to start
@@ -32,7 +33,8 @@ def main() -> None:
         "app.main:app",
         host=settings.host,
         port=settings.port,
-        timeout_graceful_shutdown=int(settings.graceful_shutdown_s),
+        timeout_graceful_shutdown=settings.graceful_shutdown_s,  # type: ignore[arg-type]
+        http=guarded_protocol(settings.header_timeout_s, settings.max_connections),
         access_log=False,  # app.access writes one JSON line per request
         log_config=None,  # app.logs configures JSON logging
     )

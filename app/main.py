@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from app import openapi
 from app.access import AccessMiddleware
 from app.batcher import Batcher, BatchStats
 from app.deps import require_api_key
@@ -105,7 +106,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(settings.log_level)
     app = FastAPI(
         title="CIFAR-10 image classifier",
-        version="1.0.0",
+        version=openapi.package_version(),
+        openapi_tags=openapi.TAGS,
         description=DESCRIPTION,
         lifespan=lifespan,
         docs_url=None,  # served by routers.docs from local assets
@@ -128,14 +130,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         upload_timeout_s=settings.upload_timeout_s,
     )
     app.add_middleware(AccessMiddleware, metrics=app.state.metrics)
-    app.mount("/static/swagger-ui", docs.static, name="swagger-ui")
-    app.include_router(docs.router)
-    app.include_router(health.router)
-    app.include_router(metrics.router)
     # Only with an API key configured do the routes (and their OpenAPI) require it.
     protected = [Depends(require_api_key)] if settings.api_key else []
-    app.include_router(model_info.router, dependencies=protected)
     app.include_router(predict.router, dependencies=protected)
+    app.include_router(model_info.router, dependencies=protected)
+    app.include_router(health.router)
+    app.include_router(metrics.router)
+    app.mount("/static/swagger-ui", docs.static, name="swagger-ui")
+    app.include_router(docs.router)
+    openapi.install(app)
     return app
 
 

@@ -90,7 +90,7 @@ class ModelInfo(BaseModel):
 
 
 class ErrorDetail(BaseModel):
-    code: str = Field(description="Stable machine-readable reason.", examples=["not_an_image"])
+    code: str = Field(description="Stable machine-readable reason (see the README's table).")
     message: str = Field(description="What went wrong, for a person.")
     file: str | None = Field(None, description="The offending upload's filename, if any.")
 

@@ -68,6 +68,17 @@ class Settings(BaseSettings):
     graceful_shutdown_s: float = Field(
         20.0, ge=0, description="After SIGTERM, how long in-flight requests may take."
     )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Longest time for a request head (request line and headers) to arrive; "
+        "past it the client gets 408 and the connection is closed.",
+    )
+    max_connections: int = Field(
+        1024,
+        ge=1,
+        description="Open connections per process; a request beyond them gets a JSON 503.",
+    )
     drain_delay_s: float = Field(
         0.0,
         ge=0,

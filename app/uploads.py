@@ -18,6 +18,7 @@ from app.errors import ApiError
 FILES_FIELD = b"files"
 MAX_OTHER_FIELDS = 16  # parts not named `files`: ignored, but a body of thousands is refused
 MAX_PART_HEADER_BYTES = 8 * 1024
+NAMES_REPORTED = 5  # names of other parts quoted in the 422 when no `files` part came
 
 
 @dataclass
@@ -44,6 +45,7 @@ class _Collector:
         self.max_files = max_files
         self.uploads: list[Upload] = []
         self.other_fields = 0
+        self.other_names: list[str] = []  # the first few, to name them when `files` is missing
         self.part = _Part()
         self.complete = False  # the closing boundary was seen
 
@@ -65,6 +67,8 @@ class _Collector:
         _, options = parse_options_header(self.part.disposition)
         if options.get(b"name") != FILES_FIELD:
             self.other_fields += 1
+            if len(self.other_names) < NAMES_REPORTED:
+                self.other_names.append(_decode_filename(options.get(b"name", b""))[:64])
             if self.other_fields > MAX_OTHER_FIELDS:
                 raise ApiError(
                     413, "too_many_parts", f"more than {MAX_OTHER_FIELDS} parts not named 'files'"
@@ -121,10 +125,12 @@ async def read_uploads(
     if not collector.complete:
         raise ApiError(400, "invalid_multipart", "the body ended before the closing boundary")
     if not collector.uploads:
+        received = ", ".join(repr(name) for name in collector.other_names)
         raise ApiError(
             422,
             "missing_files",
-            "send one or more images as multipart/form-data parts named 'files'",
+            "send one or more images as multipart/form-data parts named 'files'"
+            + (f"; this request's parts were named {received}" if received else ""),
         )
     return collector.uploads
 

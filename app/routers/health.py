@@ -9,7 +9,7 @@ from app.schemas import HealthResponse, LiveResponse
 router = APIRouter(prefix="/health", tags=["health"])
 
 
-@router.get("", response_model=HealthResponse, responses=error_responses(503))
+@router.get("", response_model=HealthResponse, responses=error_responses("not_ready"))
 async def ready(request: Request) -> HealthResponse | JSONResponse:
     """200 once the model is loaded and warmed up and the process is not draining; else 503."""
     state = request.app.state

@@ -33,6 +33,25 @@ from app.uploads import Upload
 
 router = APIRouter(tags=["predict"])
 
+PREDICT_ERRORS = (
+    "empty_file",
+    "corrupt_image",
+    "invalid_multipart",
+    "unauthorized",
+    "upload_timeout",
+    "body_too_large",
+    "too_many_parts",
+    "image_too_large",
+    "unsupported_media_type",
+    "unsupported_format",
+    "invalid_request",
+    "missing_files",
+    "not_ready",
+    "overloaded",
+    "shutting_down",
+    "timeout",
+)
+
 # Images up to this many pixels decode on the event loop: handing them to a thread costs more.
 INLINE_DECODE_PIXELS = 256 * 256
 MAX_FILENAME_CHARS = 255
@@ -47,7 +66,7 @@ _REJECTION_STATUS: dict[type[ImageRejected], int] = {
 @router.post(
     "/predict",
     response_model=PredictResponse,
-    responses=error_responses(400, 401, 408, 413, 415, 422, 503, 504),
+    responses=error_responses(*PREDICT_ERRORS),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -64,17 +83,19 @@ async def predict(
     settings: SettingsDep,
     top_k: Annotated[
         int | None,
-        Query(ge=1, description="How many labels to rank per image (1..number of labels)."),
+        Query(
+            description="How many labels to rank per image (1..number of labels).",
+            json_schema_extra={"minimum": 1},  # the maximum comes from the loaded model
+        ),
     ] = None,
 ) -> PredictResponse:
     """Classify uploaded images; all images of one request go through the model as one batch."""
     deadline = asyncio.get_running_loop().time() + settings.request_timeout_s
     request.state.images = len(files)
-    k = top_k or min(settings.default_top_k, len(classifier.labels))
-    if k > len(classifier.labels):
-        raise ApiError(
-            422, "invalid_request", f"top_k must be between 1 and {len(classifier.labels)}"
-        )
+    labels = len(classifier.labels)
+    if top_k is not None and not 1 <= top_k <= labels:
+        raise ApiError(422, "invalid_request", f"top_k must be between 1 and {labels}")
+    k = top_k or min(settings.default_top_k, labels)
     names = [upload.filename[:MAX_FILENAME_CHARS] for upload in files]
     with batcher.incoming():
         images = await _decode_all(files, names, classifier, settings.max_image_pixels, decode_pool)

@@ -1,5 +1,7 @@
 """Every kind of bad upload is a 4xx JSON error naming the file, never a 5xx."""
 
+import functools
+import json
 import struct
 import zlib
 
@@ -8,12 +10,29 @@ import pytest
 from tests.conftest import image_bytes
 
 
+@functools.cache
+def documented_predict_errors() -> dict[str, set[str]]:
+    """Status -> the error codes /docs shows as examples for POST /predict."""
+    from app.main import create_app
+
+    responses = create_app().openapi()["paths"]["/predict"]["post"]["responses"]
+    return {
+        status: set(entry["content"]["application/json"]["examples"])
+        for status, entry in responses.items()
+        if not status.startswith("2")
+    }
+
+
 def assert_error(response, status: int, code: str, file: str | None = None) -> None:
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert error["code"] == code
     assert error["message"]
     assert error["file"] == file
+    request = response.request
+    if (request.method, request.url.path) == ("POST", "/predict"):  # as /docs says it can
+        documented = documented_predict_errors().get(str(status), set())
+        assert code in documented, f"{status} {code} is not documented for /predict"
 
 
 def png_header_claiming(width: int, height: int) -> bytes:
@@ -128,6 +147,7 @@ def test_wrong_field_name_is_422(client) -> None:
     response = client.post("/predict", files={"image": ("a.png", image_bytes(), "image/png")})
 
     assert_error(response, 422, "missing_files")
+    assert "'image'" in response.json()["error"]["message"]  # says what it received
 
 
 def test_json_body_is_415(client) -> None:
@@ -208,13 +228,29 @@ def test_garbage_after_the_boundary_is_400(client) -> None:
     )
 
 
-@pytest.mark.parametrize("k", [0, 11, -1])
-def test_top_k_out_of_range_is_422(client, k: int) -> None:
-    response = client.post(
-        "/predict", params={"top_k": k}, files={"files": ("a.png", image_bytes(), "image/png")}
-    )
+def test_top_k_out_of_range_is_one_rule_with_one_message(client) -> None:
+    messages = set()
+    for k in (0, 11, -1):
+        response = client.post(
+            "/predict", params={"top_k": k}, files={"files": ("a.png", image_bytes(), "image/png")}
+        )
+        assert_error(response, 422, "invalid_request")
+        messages.add(response.json()["error"]["message"])
 
-    assert_error(response, 422, "invalid_request")
+    assert messages == {"top_k must be between 1 and 10"}
+    parameters = client.get("/openapi.json").json()["paths"]["/predict"]["post"]["parameters"]
+    top_k = next(p for p in parameters if p["name"] == "top_k")["schema"]
+    assert (top_k["minimum"], top_k["maximum"]) == (1, 10)  # 10: the loaded model's labels
+
+
+def test_documented_error_examples_are_real_error_bodies(client) -> None:
+    schema = client.get("/openapi.json").json()
+    assert "not_an_image" not in json.dumps(schema)  # the code the API never returned
+    for status, codes in documented_predict_errors().items():
+        entry = schema["paths"]["/predict"]["post"]["responses"][status]
+        for code in codes:
+            value = entry["content"]["application/json"]["examples"][code]["value"]
+            assert value["error"]["code"] == code and value["error"]["message"]
 
 
 def test_unknown_route_and_method_are_json(client) -> None:

@@ -1,0 +1,112 @@
+"""Connection-level guards that uvicorn lacks, as a subclass of its httptools protocol.
+
+- **Request-head timeout.** uvicorn times out idle keep-alive connections, but not one that has
+  sent half a request head: 2,000 such connections were all still open 75 s later. Here a
+  request head (request line and headers) must arrive within HEADER_TIMEOUT_S of the connection
+  opening, or of the first byte of the next request on a kept-alive one; otherwise the client
+  gets a 408 and the connection is closed (nginx's `client_header_timeout` does the same).
+- **Connection cap.** Beyond MAX_CONNECTIONS open connections, a new request is answered with a
+  JSON 503 and its connection closed, instead of the process taking on work it cannot finish.
+"""
+
+import asyncio
+import json
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+
+def _json_response(status: int, reason: str, code: str, message: str) -> bytes:
+    body = json.dumps({"error": {"code": code, "message": message, "file": None}}).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+async def _over_capacity(scope: Any, receive: Any, send: Any) -> None:
+    """The ASGI app a request gets when the process holds too many connections."""
+    body = json.dumps(
+        {
+            "error": {
+                "code": "over_capacity",
+                "message": "this process holds MAX_CONNECTIONS connections; retry shortly",
+                "file": None,
+            }
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", b"1"),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol plus the two guards above (set by `guarded_protocol`)."""
+
+    header_timeout_s: float = 10.0
+    max_connections: int = 1024
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_pending = True  # the first request head is awaited from the start
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if not self._head_pending:  # the next request on a kept-alive connection
+            self._head_pending = True
+            self._arm_head_timer()
+
+    def on_headers_complete(self) -> None:
+        self._head_pending = False
+        self._cancel_head_timer()
+        if len(self.connections) <= self.max_connections:
+            super().on_headers_complete()
+            return
+        served, self.app = self.app, _over_capacity
+        try:
+            super().on_headers_complete()
+        finally:
+            self.app = served
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if getattr(self, "_head_timer", None) is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        message = f"the request head did not arrive within {self.header_timeout_s:g} s"
+        self.transport.write(_json_response(408, "Request Timeout", "header_timeout", message))
+        self.transport.close()
+
+
+def guarded_protocol(header_timeout_s: float, max_connections: int) -> type[HttpToolsProtocol]:
+    """The protocol class for `uvicorn.Config(http=...)`, with the service's settings."""
+    return type(
+        "GuardedHttpToolsProtocol",
+        (GuardedHttpToolsProtocol,),
+        {"header_timeout_s": header_timeout_s, "max_connections": max_connections},
+    )
