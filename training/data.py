@@ -27,6 +27,7 @@ CIFAR10_LABELS: tuple[str, ...] = (
     "ship",
     "truck",
 )
+MAX_PIXELS = 200_000_000  # per image of a user's folder: only a guard against absurd headers
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Where the offline copy lives relative to the repository (and to the working directory).
@@ -140,24 +141,24 @@ def load_keras() -> Dataset:
 def load_image_folder(
     directory: Path,
     *,
-    image_size: tuple[int, int] = (32, 32),
+    size: int = 32,
     test_fraction: float = 0.2,
     seed: int = 0,
 ) -> Dataset:
     """A user's dataset: one subfolder of images per class, label names from the folder names.
 
     With `train/` and `test/` subfolders (each holding the class folders) those are the splits;
-    otherwise a seeded `test_fraction` of each class is held out as the test set. Images are
-    converted to RGB and resized to `image_size` (height, width) like the app does.
+    otherwise a seeded `test_fraction` of each class is held out as the test set. Images go
+    through the service's preprocessing (`app.preprocessing.decode_image`) to size x size.
     """
     directory = Path(directory)
     if (directory / "train").is_dir() and (directory / "test").is_dir():
         labels = _class_names(directory / "train")
-        x_train, y_train = _read_class_folders(directory / "train", labels, image_size)
-        x_test, y_test = _read_class_folders(directory / "test", labels, image_size)
+        x_train, y_train = _read_class_folders(directory / "train", labels, size)
+        x_test, y_test = _read_class_folders(directory / "test", labels, size)
     else:
         labels = _class_names(directory)
-        x, y = _read_class_folders(directory, labels, image_size)
+        x, y = _read_class_folders(directory, labels, size)
         rng = np.random.default_rng(seed)
         test_mask = np.zeros(len(y), bool)
         for label in range(len(labels)):
@@ -267,18 +268,21 @@ def _class_names(directory: Path) -> list[str]:
 
 
 def _read_class_folders(
-    directory: Path, labels: list[str], image_size: tuple[int, int]
+    directory: Path, labels: list[str], size: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    from PIL import Image
+    # The service's own preprocessing (EXIF orientation, alpha over white, box resize of the
+    # whole frame): a model trained on these arrays sees what it will be served.
+    from app.preprocessing import ImageRejected, decode_image
 
     images, targets = [], []
     for index, label in enumerate(labels):
         folder = directory / label
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         for path in files:
-            with Image.open(path) as image:
-                rgb = image.convert("RGB").resize(image_size[::-1], Image.Resampling.BILINEAR)
-                images.append(np.asarray(rgb, dtype=np.uint8))
+            try:
+                images.append(decode_image(path.read_bytes(), max_pixels=MAX_PIXELS, size=size))
+            except ImageRejected as exc:
+                raise ValueError(f"{path}: {exc}") from None
             targets.append(index)
     if not images:
         raise FileNotFoundError(f"no images in the class folders of {directory}")

@@ -1,4 +1,4 @@
-"""Export a trained Keras model to the serving contract in shared/DESIGN.md.
+"""Export a trained Keras model to the serving contract in docs/model-contract.md.
 
 The SavedModel takes raw uint8 pixels and returns probabilities, so every step between the two
 (cast, scaling, normalisation, test-time augmentation, softmax) lives in one place: the graph.
@@ -129,8 +129,9 @@ def export_model(
 
 
 def write_golden(version_dir: Path, images: np.ndarray) -> Path:
-    """golden.npz: `images` and the exported signature's `probabilities` for them, so any runtime
-    that serves this version can check itself against TensorFlow at load (shared/DESIGN.md)."""
+    """golden.npz: `images` and the exported signature's `probabilities` for them, so any
+    runtime that serves this version can check itself against TensorFlow at load
+    (docs/model-contract.md)."""
     images = np.ascontiguousarray(images, dtype=np.uint8)
     signature = tf.saved_model.load(str(version_dir)).signatures[SIGNATURE_KEY]
     probabilities = signature(**{INPUT_NAME: tf.constant(images)})[OUTPUT_NAME].numpy()

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from training.data import (
     CIFAR10_LABELS,
@@ -104,3 +105,31 @@ def test_validation_is_the_tail_of_train() -> None:
     assert len(split_validation(x, np.arange(10), 0).x_val) == 0
     with pytest.raises(ValueError):
         split_validation(x, np.arange(10), 10)
+
+
+def test_image_folder_pixels_equal_what_the_service_decodes(tmp_path: Path) -> None:
+    """No train/serve skew: the same files through training's loader and through POST
+    /predict's preprocessing give the same arrays, byte for byte, for the cases where naive
+    loading differs (EXIF rotation, transparency, a non-square photo, a 16-bit grey PNG)."""
+    from app.preprocessing import decode_image
+
+    rng = np.random.default_rng(7)
+    folder = tmp_path / "user" / "things"
+    folder.mkdir(parents=True)
+    photo = Image.fromarray(rng.integers(0, 256, (60, 90, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees
+    photo.save(folder / "a_rotated.jpg", exif=exif, quality=90)
+    rgba = rng.integers(0, 256, (40, 40, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(folder / "b_transparent.png")
+    photo.save(folder / "c_wide.png")
+    grey16 = rng.integers(0, 65536, (50, 50), dtype=np.uint16)
+    Image.fromarray(grey16).save(folder / "d_grey16.png")
+    files = sorted(folder.iterdir())
+
+    data = load_image_folder(tmp_path / "user", test_fraction=0.0)
+
+    served = np.stack([decode_image(f.read_bytes(), max_pixels=10**8) for f in files])
+    np.testing.assert_array_equal(data.x_train, served)
+    naive = np.asarray(Image.open(files[0]).convert("RGB").resize((32, 32)))
+    assert not np.array_equal(data.x_train[0], naive)  # the rotation is applied, not ignored
