@@ -24,10 +24,20 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class AlreadyExplained(logging.Filter):
+    """Drops uvicorn's traceback of a model that failed to load: the lifespan has logged the
+    path and the reason in one line, and a page of stack frames only hides it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        lines = record.getMessage().rstrip().splitlines()
+        return not (len(lines) > 1 and lines[-1].startswith("app.model.ModelLoadError:"))
+
+
 def configure_logging(level: str) -> None:
     """JSON lines on stderr for our loggers and uvicorn's; replaces earlier handlers."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(AlreadyExplained())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

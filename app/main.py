@@ -19,7 +19,7 @@ from app.errors import install_error_handlers
 from app.limits import RequestLimitsMiddleware
 from app.logs import configure_logging
 from app.metrics import Metrics
-from app.model import ModelLoadError, configure_threads, load_classifier
+from app.model import ModelLoadError, configure_threads, describe_device, load_classifier
 from app.routers import docs, health, metrics, model_info, predict
 from app.settings import Settings, get_settings
 
@@ -39,6 +39,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Load and warm the model before serving; on shutdown finish queued work, then stop."""
     settings: Settings = app.state.settings
     configure_threads(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
+    device = describe_device()
     try:
         classifier = load_classifier(settings.model_dir)
         classifier.warm_up((1, settings.max_batch_size))
@@ -46,10 +47,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logger.error("%s", exc)
         raise
     logger.info(
-        "serving model %s version %d from %s (%d inference workers x %d TF threads)",
+        "serving model %s version %d from %s on the %s (%d inference workers x %d TF threads)",
         classifier.name,
         classifier.version,
         classifier.path,
+        device,
         settings.batch_workers,
         settings.tf_intra_op_threads,
     )

@@ -49,6 +49,19 @@ def configure_threads(intra_op: int, inter_op: int) -> None:
         logger.debug("TensorFlow already initialised; thread settings left as they are")
 
 
+def describe_device() -> str:
+    """Where inference runs; explains TensorFlow's CUDA probe on a machine without a GPU."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        return f"{len(gpus)} GPU"
+    if tf.test.is_built_with_cuda():
+        logger.info(
+            "no GPU found, serving on the CPU. The 'failed call to cuInit' line TensorFlow may "
+            "have printed above is its GPU probe: expected and harmless without a GPU"
+        )
+    return "CPU"
+
+
 @dataclass(frozen=True)
 class Classifier:
     """A loaded model version: call `predict` with uint8 images, get probabilities."""
@@ -88,8 +101,10 @@ def load_classifier(path: Path) -> Classifier:
     try:
         loaded = tf.saved_model.load(str(version_dir))
     except Exception as exc:  # TensorFlow raises many unrelated types for a broken folder
+        # Keep TensorFlow's own words (first line, bounded): they say which file is broken.
+        detail = (str(exc).strip().splitlines() or [""])[0][:300]
         raise ModelLoadError(
-            version_dir, f"not a loadable SavedModel ({type(exc).__name__})"
+            version_dir, f"not a loadable SavedModel ({type(exc).__name__}: {detail})"
         ) from exc
     signatures = getattr(loaded, "signatures", {})
     if SIGNATURE not in signatures:
@@ -142,6 +157,11 @@ def _check_signature(version_dir: Path, signature: Any, num_labels: int) -> tupl
         )
     if shape[1] is None or shape[2] is None:
         raise ModelLoadError(version_dir, "input 'images' must fix height and width")
+    if shape[1] != shape[2]:
+        raise ModelLoadError(
+            version_dir,
+            f"input 'images' is {shape[1]}x{shape[2]}; the service resizes uploads to a square",
+        )
     outputs = signature.structured_outputs
     if not isinstance(outputs, dict) or OUTPUT_NAME not in outputs:
         raise ModelLoadError(version_dir, "signature has no 'probabilities' output")

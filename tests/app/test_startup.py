@@ -1,7 +1,9 @@
 """A missing, corrupt or contract-breaking model stops the process at start-up, saying why."""
 
 import json
+import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -10,8 +12,9 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 
-from app.model import ModelLoadError, load_classifier, resolve_version_dir
+from app.model import ModelLoadError, describe_device, load_classifier, resolve_version_dir
 from tests.conftest import REPO, export_tiny_model
+from tests.servers import free_port
 
 
 def corrupt_copy(tiny_model_dir: Path, tmp_path: Path) -> Path:
@@ -35,9 +38,37 @@ def test_missing_model_is_refused(tmp_path: Path) -> None:
     assert str(tmp_path / "nowhere") in str(error.value)
 
 
-def test_corrupt_model_is_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(ModelLoadError, match="not a loadable SavedModel"):
+def test_corrupt_model_is_refused_with_tensorflows_reason(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(ModelLoadError, match="not a loadable SavedModel") as error:
         load_classifier(corrupt_copy(tiny_model_dir, tmp_path))
+    # Not only the exception's type: TensorFlow's own message follows it.
+    assert re.search(r"SavedModel \(\w+: \S.{10,}\)", str(error.value)), str(error.value)
+
+
+def test_non_square_input_is_refused(tmp_path: Path, tiny_model_dir: Path) -> None:
+    class WideModel(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 32, 48, 3], tf.uint8, name="images")])
+        def serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"probabilities": tf.nn.softmax(tf.zeros([tf.shape(images)[0], 10]))}
+
+    module = WideModel()
+    version_dir = tmp_path / "1"
+    tf.saved_model.save(module, str(version_dir), signatures={"serving_default": module.serve})
+    shutil.copy(tiny_model_dir / "1" / "metadata.json", version_dir)
+
+    with pytest.raises(ModelLoadError, match="32x48; the service resizes uploads to a square"):
+        load_classifier(version_dir)
+
+
+def test_without_a_gpu_the_cuda_probe_is_explained(caplog: pytest.LogCaptureFixture) -> None:
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("this machine has a GPU")
+    with caplog.at_level(logging.INFO, logger="app.model"):
+        assert describe_device() == "CPU"
+    explained = any("cuInit" in record.getMessage() for record in caplog.records)
+    assert explained == tf.test.is_built_with_cuda()
 
 
 def test_metadata_disagreeing_with_the_signature_is_refused(
@@ -74,15 +105,22 @@ def test_training_export_is_loadable(tmp_path: Path) -> None:
     assert classifier.version == 7 and (classifier.height, classifier.width) == (32, 32)
 
 
+@pytest.mark.parametrize("runner", ["uvicorn", "python -m app"])
 @pytest.mark.parametrize("case", ["missing", "corrupt"])
 def test_server_exits_non_zero_naming_path_and_reason(
-    case: str, tiny_model_dir: Path, tmp_path: Path
+    case: str, runner: str, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     model_dir = tmp_path / "absent" if case == "missing" else corrupt_copy(tiny_model_dir, tmp_path)
-    env = os.environ | {"MODEL_DIR": str(model_dir), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    port = str(free_port())
+    env = os.environ | {"MODEL_DIR": str(model_dir), "TF_CPP_MIN_LOG_LEVEL": "3", "PORT": port}
+    command = (
+        [sys.executable, "-m", "app"]
+        if runner == "python -m app"
+        else [sys.executable, "-m", "uvicorn", "app.main:app", "--port", port]
+    )
 
     result = subprocess.run(
-        [sys.executable, "-m", "uvicorn", "app.main:app", "--port", "0"],
+        command,
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -93,4 +131,6 @@ def test_server_exits_non_zero_naming_path_and_reason(
     assert result.returncode != 0
     reason = "no such directory" if case == "missing" else "not a loadable SavedModel"
     lines = [line for line in result.stderr.splitlines() if "cannot serve the model" in line]
-    assert lines and str(model_dir) in lines[0] and reason in lines[0]
+    assert len(lines) == 1 and str(model_dir) in lines[0] and reason in lines[0]
+    if runner == "python -m app":
+        assert result.returncode == 3  # uvicorn's "failed to start", not a crash
