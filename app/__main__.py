@@ -7,7 +7,7 @@ from types import FrameType
 import uvicorn
 
 from app.connections import guarded_protocol
-from app.settings import get_settings
+from app.settings import Settings, get_settings
 
 STARTUP_FAILURE = 3  # uvicorn's own exit code when the app fails to start
 
@@ -27,9 +27,9 @@ class Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def main() -> None:
-    settings = get_settings()
-    config = uvicorn.Config(
+def make_config(settings: Settings) -> uvicorn.Config:
+    """uvicorn's configuration, every option from the settings."""
+    return uvicorn.Config(
         "app.main:app",
         host=settings.host,
         port=settings.port,
@@ -38,7 +38,10 @@ def main() -> None:
         access_log=False,  # app.access writes one JSON line per request
         log_config=None,  # app.logs configures JSON logging
     )
-    server = Server(config)
+
+
+def main() -> None:
+    server = Server(make_config(get_settings()))
     server.run()
     if not server.started:
         sys.exit(STARTUP_FAILURE)

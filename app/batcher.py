@@ -89,6 +89,11 @@ class Batcher:
         """Images accepted and not yet handed to the model."""
         return self._queued_images
 
+    @property
+    def closed(self) -> bool:
+        """True once `stop` has begun: new work is refused, queued work still finishes."""
+        return self._closed
+
     @contextmanager
     def incoming(self) -> Iterator[None]:
         """Mark a request that is being prepared, so a forming batch waits for it."""
@@ -198,4 +203,7 @@ class Batcher:
             if not request.future.done():
                 request.future.set_result(rows)
         if self._on_batch is not None:
-            self._on_batch(BatchStats(requests=len(batch), images=len(images), seconds=seconds))
+            try:
+                self._on_batch(BatchStats(len(batch), len(images), seconds))
+            except Exception:  # a metrics hook must not go unnoticed, nor fail the requests
+                logger.exception("the on_batch callback failed")

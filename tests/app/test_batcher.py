@@ -36,6 +36,14 @@ class Gate:
         return row_sums(images)
 
 
+async def until(condition, failure: str, seconds: float = 30) -> None:
+    """Poll `condition` on the event loop; fail with `failure` after a generous deadline."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, failure
+        await asyncio.sleep(0.001)
+
+
 def make(infer=row_sums, **kwargs) -> Batcher:
     options = {"max_batch_size": 8, "max_batch_delay_ms": 20, "max_queue_images": 64}
     options.update(kwargs)
@@ -111,8 +119,8 @@ async def test_stop_answers_every_queued_request_then_refuses(workers: int) -> N
     await asyncio.to_thread(gate.started.wait, 5)
 
     stopping = asyncio.ensure_future(batcher.stop())
-    await asyncio.sleep(0)
-    gate.release.set()
+    await until(lambda: batcher.closed, "stop() never began")
+    gate.release.set()  # only now: the queued requests are finished by a stopping batcher
     await stopping
 
     assert all(f.done() and not f.cancelled() for f in futures)
@@ -153,23 +161,27 @@ async def test_two_workers_compute_two_batches_at_once() -> None:
 async def test_no_more_batches_run_at_once_than_workers(workers: int) -> None:
     lock = threading.Lock()
     inside, most = 0, 0
+    # Each call waits until `workers` calls are inside together, so the overlap is produced by
+    # synchronisation, not by a sleep; a batcher running more at once would raise `most`.
+    together = threading.Barrier(workers, timeout=30)
 
     def infer(images: np.ndarray) -> np.ndarray:
         nonlocal inside, most
         with lock:
             inside += 1
             most = max(most, inside)
-        time.sleep(0.02)
+        together.wait()
         with lock:
             inside -= 1
         return row_sums(images)
 
     batcher = make(infer, max_batch_size=1, workers=workers)
     batcher.start()
-    results = await asyncio.gather(*(batcher.submit(images_of(v)) for v in range(8)))
+    count = 3 * workers
+    results = await asyncio.gather(*(batcher.submit(images_of(v)) for v in range(count)))
     await batcher.stop()
 
-    assert [r[0, 0] for r in results] == [12.0 * v for v in range(8)]
+    assert [r[0, 0] for r in results] == [12.0 * v for v in range(count)]
     assert most == workers
 
 
@@ -199,9 +211,36 @@ async def test_the_batch_waits_for_requests_still_being_decoded() -> None:
 
     with batcher.incoming():  # another request is being decoded
         first = batcher.submit(images_of(1))
-        await asyncio.sleep(0.05)  # the worker has taken `first` and is waiting
-        second = batcher.submit(images_of(2))
+        await until(lambda: batcher.queued_images == 0, "the batcher never took `first`")
+        second = batcher.submit(images_of(2))  # arrives while the batch is being formed
     await asyncio.gather(first, second)
     await batcher.stop()
 
     assert [(s.requests, s.images) for s in stats] == [(2, 2)]
+
+
+async def test_the_batch_runs_at_its_deadline_though_a_request_is_still_decoding() -> None:
+    stats: list[BatchStats] = []
+    batcher = make(max_batch_delay_ms=50, on_batch=stats.append)
+    batcher.start()
+
+    with batcher.incoming():  # a request that never arrives
+        result = await asyncio.wait_for(batcher.submit(images_of(1)), timeout=30)
+    await batcher.stop()
+
+    assert result[0, 0] == 12.0 and [(s.requests, s.images) for s in stats] == [(1, 1)]
+
+
+async def test_a_failing_on_batch_hook_is_logged_and_fails_no_request(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken_hook(stats: BatchStats) -> None:
+        raise ValueError("metrics backend down")
+
+    batcher = make(on_batch=broken_hook)
+    batcher.start()
+    results = await asyncio.gather(*(batcher.submit(images_of(v)) for v in range(3)))
+    await batcher.stop()
+
+    assert [r[0, 0] for r in results] == [0.0, 12.0, 24.0]
+    assert any("on_batch" in r.getMessage() and r.exc_info for r in caplog.records)

@@ -1,7 +1,9 @@
 """Concurrent requests through the real app: own results, overload, timeout, a free event loop."""
 
 import asyncio
+import json
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,8 +13,8 @@ import pytest
 import tensorflow as tf
 from fastapi import FastAPI
 
-from app.batcher import Batcher
 from app.main import create_app
+from app.model import Classifier
 from app.preprocessing import decode_image
 from app.settings import Settings
 from tests.conftest import LABELS, image_bytes
@@ -38,27 +40,44 @@ def upload(data: bytes, name: str = "x.png") -> dict:
 
 
 class GatedModel:
-    """Wraps the real classifier, holding each batch until released."""
+    """Wraps the real classifier's predict; once armed (after the start-up warm-up), holds
+    each batch until released and records the batch sizes it saw."""
 
     def __init__(self, predict) -> None:
         self.predict = predict
+        self.armed = False
         self.release = threading.Event()
         self.started = threading.Event()
+        self.batches: list[int] = []
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
+    def __call__(self, classifier: Classifier, images: np.ndarray) -> np.ndarray:
+        if not self.armed:
+            return self.predict(classifier, images)
+        self.batches.append(len(images))
         self.started.set()
-        self.release.wait(timeout=10)
-        return self.predict(images)
+        assert self.release.wait(timeout=60), "the test never released the model"
+        return self.predict(classifier, images)
 
 
-async def gate_the_model(app: FastAPI, **batcher_options) -> GatedModel:
-    """Swap the app's batcher for one whose model call waits for the test's signal."""
-    await app.state.batcher.stop()
-    gated = GatedModel(app.state.classifier.predict)
-    options = {"max_batch_size": 64, "max_batch_delay_ms": 1, "max_queue_images": 64}
-    app.state.batcher = Batcher(gated, **(options | batcher_options))
-    app.state.batcher.start()
-    return gated
+@pytest.fixture
+def gated(monkeypatch: pytest.MonkeyPatch) -> GatedModel:
+    """Gate every Classifier's predict, so the app's own batcher (built by its lifespan from
+    the settings under test) computes only when the test says."""
+    gate = GatedModel(Classifier.predict)
+
+    def predict(classifier: Classifier, images: np.ndarray) -> np.ndarray:  # a method again
+        return gate(classifier, images)
+
+    monkeypatch.setattr(Classifier, "predict", predict)
+    return gate
+
+
+async def until(condition, failure: str, seconds: float = 30) -> None:
+    """Poll `condition` on the event loop; fail with `failure` after a generous deadline."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, failure
+        await asyncio.sleep(0.005)
 
 
 async def test_concurrent_requests_each_get_their_own_result(tiny_model_dir) -> None:
@@ -84,16 +103,20 @@ async def test_concurrent_requests_each_get_their_own_result(tiny_model_dir) -> 
         np.testing.assert_allclose(served, expected, atol=1e-5)
 
 
-async def test_full_queue_answers_503_with_retry_after(tiny_model_dir) -> None:
-    app = create_app(Settings(model_dir=tiny_model_dir))
+async def test_full_queue_answers_503_with_retry_after(tiny_model_dir, gated) -> None:
+    """MAX_QUEUE_IMAGES and INFERENCE_WORKERS as the app wires them: with one worker busy and
+    64 images queued, the queue is full; with a second worker the second request would run."""
+    settings = Settings(
+        model_dir=tiny_model_dir, max_batch_size=64, max_queue_images=64, inference_workers=1
+    )
+    app = create_app(settings)
     async with running(app) as client:
-        gated = await gate_the_model(app)
+        gated.armed = True
         batch = full_batch()
         first = asyncio.ensure_future(client.post("/predict", files=batch))
-        await asyncio.to_thread(gated.started.wait, 5)  # the model is busy with the first
+        await asyncio.to_thread(gated.started.wait, 30)  # the one worker is busy
         queued = asyncio.ensure_future(client.post("/predict", files=batch))
-        while app.state.batcher.queued_images < 64:
-            await asyncio.sleep(0.01)
+        await until(lambda: app.state.batcher.queued_images == 64, "the second never queued")
 
         refused = await client.post("/predict", files=upload(image_bytes()))
         gated.release.set()
@@ -103,15 +126,15 @@ async def test_full_queue_answers_503_with_retry_after(tiny_model_dir) -> None:
     assert refused.headers["retry-after"] == "1"
     assert refused.json()["error"]["code"] == "overloaded"
     assert [r.status_code for r in accepted] == [200, 200]
+    assert gated.batches == [64, 64]  # the two accepted, each whole
 
 
-async def test_health_answers_while_a_batch_computes(tiny_model_dir) -> None:
+async def test_health_answers_while_a_batch_computes(tiny_model_dir, gated) -> None:
     app = create_app(Settings(model_dir=tiny_model_dir))
     async with running(app) as client:
-        gated = await gate_the_model(app)
-        batch = full_batch()
-        pending = asyncio.ensure_future(client.post("/predict", files=batch))
-        await asyncio.to_thread(gated.started.wait, 5)
+        gated.armed = True
+        pending = asyncio.ensure_future(client.post("/predict", files=full_batch()))
+        await asyncio.to_thread(gated.started.wait, 30)
 
         health = await client.get("/health")
         still_computing = not pending.done()
@@ -131,19 +154,83 @@ async def test_request_over_the_timeout_is_504(tiny_model_dir) -> None:
     assert response.json()["error"]["code"] == "timeout"
 
 
-async def test_shutdown_answers_requests_still_waiting(tiny_model_dir) -> None:
-    app = create_app(Settings(model_dir=tiny_model_dir))
+async def test_shutdown_answers_requests_still_waiting(tiny_model_dir, gated) -> None:
+    app = create_app(Settings(model_dir=tiny_model_dir, inference_workers=1))
     transport = httpx.ASGITransport(app=app)
+
+    async def release_once_stopping() -> None:
+        await until(lambda: app.state.batcher.closed, "the lifespan never stopped the batcher")
+        gated.release.set()
+
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         async with app.router.lifespan_context(app):
-            gated = await gate_the_model(app)
+            gated.armed = True
             requests = [
                 asyncio.ensure_future(client.post("/predict", files=upload(image_bytes(seed=i))))
                 for i in range(3)
             ]
-            await asyncio.to_thread(gated.started.wait, 5)
-            threading.Timer(0.2, gated.release.set).start()
+            await asyncio.to_thread(gated.started.wait, 30)
+            releaser = asyncio.ensure_future(release_once_stopping())
         # the lifespan has exited: the batcher drained before stopping
         responses = await asyncio.gather(*requests)
+        await releaser
 
     assert [r.status_code for r in responses] == [200, 200, 200]
+
+
+async def test_a_request_after_the_batcher_stopped_gets_503_shutting_down(tiny_model_dir) -> None:
+    app = create_app(Settings(model_dir=tiny_model_dir))
+    async with running(app) as client:
+        await app.state.batcher.stop()  # what the lifespan does on shutdown
+        response = await client.post("/predict", files=upload(image_bytes()))
+
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "shutting_down"
+    assert response.headers["retry-after"] == "1"
+
+
+async def test_a_client_gone_before_its_batch_is_dropped_and_logged_499(
+    tiny_model_dir, gated, capsys: pytest.CaptureFixture
+) -> None:
+    app = create_app(Settings(model_dir=tiny_model_dir, inference_workers=1))
+    async with running(app) as client:
+        gated.armed = True
+        busy = asyncio.ensure_future(client.post("/predict", files=full_batch()))
+        await asyncio.to_thread(gated.started.wait, 30)  # the worker is busy with 64 images
+        request = client.build_request("POST", "/predict", files=upload(image_bytes(seed=5)))
+        messages = [
+            {"type": "http.request", "body": request.read(), "more_body": False},
+            {"type": "http.disconnect"},  # the client goes away while its request waits
+        ]
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            return messages.pop(0) if messages else await asyncio.Event().wait()
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/predict",
+            "raw_path": b"/predict",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(k.lower().encode(), v.encode()) for k, v in request.headers.items()],
+            "client": ("127.0.0.1", 1234),
+            "server": ("test", 80),
+        }
+        await app(scope, receive, send)
+        gated.release.set()
+        assert (await busy).status_code == 200
+
+    assert sent[0]["status"] == 499
+    assert gated.batches == [64]  # the abandoned image never ran
+    access = [
+        json.loads(line) for line in capsys.readouterr().err.splitlines() if "app.access" in line
+    ]
+    assert any(entry["status"] == 499 and entry["path"] == "/predict" for entry in access)

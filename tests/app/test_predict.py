@@ -1,6 +1,7 @@
 """POST /predict through the real ASGI app: results, order, top_k, and agreement with the model."""
 
 import math
+import threading
 from importlib.metadata import version
 from pathlib import Path
 
@@ -95,3 +96,30 @@ def test_openapi_documents_predict_and_its_errors(client) -> None:
     assert docs.status_code == 200 and "/static/swagger-ui/swagger-ui-bundle.js" in docs.text
     bundle = client.get("/static/swagger-ui/swagger-ui-bundle.js")
     assert bundle.status_code == 200 and len(bundle.content) > 100_000  # served locally
+
+
+def test_large_images_decode_in_the_pool_small_ones_inline(
+    client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Images over 256x256 pixels decode on the decode threads, off the event loop; a spy
+    records the thread and calls the real function."""
+    from app.routers import predict as route
+
+    threads: list[str] = []
+    real = route.to_model_input
+
+    def spy(image, **options):
+        threads.append(threading.current_thread().name)
+        return real(image, **options)
+
+    monkeypatch.setattr(route, "to_model_input", spy)
+    files = [
+        ("files", ("small.png", image_bytes(size=(32, 32)))),
+        ("files", ("large.png", image_bytes(size=(300, 300)))),
+    ]
+
+    response = client.post("/predict", files=files)
+
+    assert response.status_code == 200
+    assert [p["filename"] for p in response.json()["predictions"]] == ["small.png", "large.png"]
+    assert not threads[0].startswith("decode") and threads[1].startswith("decode")

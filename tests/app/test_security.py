@@ -1,5 +1,7 @@
 """Hygiene: optional API key, CORS off unless allow-listed, request ids that cannot forge logs."""
 
+import re
+
 from tests.conftest import image_bytes
 
 PNG = {"files": ("a.png", image_bytes(), "image/png")}
@@ -45,9 +47,13 @@ def test_request_id_is_echoed_or_generated(client) -> None:
     forged = client.get("/health/live", headers={"X-Request-ID": "x\nlevel=error"})
     missing = client.get("/health/live")
 
+    too_long = client.get("/health/live", headers={"X-Request-ID": "a" * 129})
+
     assert given.headers["x-request-id"] == "abc-123"
-    assert forged.headers["x-request-id"] != "x\nlevel=error"
-    assert len(missing.headers["x-request-id"]) == 32
+    generated = [r.headers["x-request-id"] for r in (forged, too_long, missing)]
+    # A refused id is replaced by a fresh one of the generated kind, never echoed or reused.
+    assert all(re.fullmatch(r"[0-9a-f]{32}", value) for value in generated), generated
+    assert len(set(generated)) == 3
 
 
 def test_metrics_count_requests_and_images(client) -> None:

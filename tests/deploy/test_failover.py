@@ -17,10 +17,30 @@ from tests.conftest import REPO, image_bytes
 from tests.servers import free_port, start_server, wait_until_healthy
 
 NGINX_TEMPLATE = REPO / "deploy" / "nginx" / "nginx.conf.template"
+DRAIN_DELAY_S = 3  # how long the draining instance says 503 before its listener closes
 pytestmark = pytest.mark.skipif(
     shutil.which("nginx") is None and not os.environ.get("CI"),
     reason="nginx is not installed (CI installs it)",
 )
+
+
+def health_status(port: int) -> int | None:
+    """/health's status, or None when nothing answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as reply:
+            return reply.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return None
+
+
+def wait_for(condition, failure: str, seconds: float = 60) -> None:
+    """Poll `condition` until it holds; fail with `failure` after a generous deadline."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, failure
+        time.sleep(0.05)
 
 
 def start_nginx(tmp_path: Path, listen: int, upstreams: list[int]) -> subprocess.Popen:
@@ -42,7 +62,9 @@ def start_nginx(tmp_path: Path, listen: int, upstreams: list[int]) -> subprocess
 def test_sigterm_and_kill_of_one_instance_loses_no_request(tiny_model_dir, tmp_path) -> None:
     ports = [free_port(), free_port()]
     instances = [
-        start_server(tiny_model_dir, port, DRAIN_DELAY_S="1", GRACEFUL_SHUTDOWN_S="10")
+        start_server(
+            tiny_model_dir, port, DRAIN_DELAY_S=str(DRAIN_DELAY_S), GRACEFUL_SHUTDOWN_S="10"
+        )
         for port in ports
     ]
     lb_port = free_port()
@@ -63,22 +85,25 @@ def test_sigterm_and_kill_of_one_instance_loses_no_request(tiny_model_dir, tmp_p
     try:
         for port, instance in zip(ports, instances, strict=True):
             wait_until_healthy(port, instance)
-        time.sleep(0.5)  # nginx is up
+        wait_for(lambda: health_status(lb_port) == 200, "nginx never proxied /health")
         workers = [threading.Thread(target=client_loop) for _ in range(4)]
         for worker in workers:
             worker.start()
-        time.sleep(2)
+        wait_for(lambda: len(statuses) >= 20, "the clients got no answers through nginx")
         served_before = len(statuses)
         instances[0].send_signal(signal.SIGTERM)
-        time.sleep(0.3)
-        with pytest.raises(urllib.error.HTTPError) as draining:
-            urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/health", timeout=2)
+        # /health turns 503 at once and stays so for DRAIN_DELAY_S, then the listener closes.
+        draining = None
+        deadline = time.monotonic() + DRAIN_DELAY_S
+        while draining is None and time.monotonic() < deadline:
+            draining = 503 if health_status(ports[0]) == 503 else None
         try:
-            exit_code = instances[0].wait(timeout=5)
+            exit_code = instances[0].wait(timeout=60)
         except subprocess.TimeoutExpired:
             exit_code = None
         instances[0].kill()  # no-op if it drained and exited on its own
-        time.sleep(2)
+        after_exit = len(statuses)
+        wait_for(lambda: len(statuses) >= after_exit + 20, "no answers after the instance left")
         stop.set()
         for worker in workers:
             worker.join(30)
@@ -90,7 +115,7 @@ def test_sigterm_and_kill_of_one_instance_loses_no_request(tiny_model_dir, tmp_p
                 process.kill()
             process.wait(30)
 
-    assert draining.value.code == 503
+    assert draining == 503, "the draining instance's /health never answered 503"
     assert exit_code == 0
     assert served_before > 0 and len(statuses) > served_before
     assert failures == []

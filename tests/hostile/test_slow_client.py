@@ -18,13 +18,14 @@ def test_slow_upload_gets_408(tiny_model_dir) -> None:
                 b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
                 b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n"
             )
-            started = time.monotonic()
+            # A generous deadline for a busy machine: the point is an answer, not its speed.
+            deadline = time.monotonic() + 60
             reply = b""
             while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
                 sock.sendall(b"x")  # one byte a second: far too slow
                 chunk = sock.recv(65536) if _readable(sock, 1.0) else b""
                 reply += chunk
-                assert time.monotonic() - started < 10, "no answer from the server"
+                assert time.monotonic() < deadline, "no 408 within 60 s of a 1 s upload timeout"
         health = _get(port, "/health")
     finally:
         server.terminate()
