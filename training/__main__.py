@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes.util
 import os
 import sys
 from collections.abc import Sequence
@@ -79,5 +80,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def with_tcmalloc() -> None:
+    """Re-run this command with tcmalloc preloaded when the machine has it.
+
+    glibc's malloc returns TensorFlow's large activation buffers to the kernel and faults them
+    back in every step: on a 2-core EPYC half the CPU time went to the kernel, and the same
+    training steps ran 2.0x faster with tcmalloc (75 -> 148 images/s, see README). Install it
+    with `apt-get install libtcmalloc-minimal4`; TRAINING_MALLOC=system keeps glibc's.
+    """
+    if "tcmalloc" in os.environ.get("LD_PRELOAD", "") or os.environ.get("TRAINING_MALLOC"):
+        return
+    library = ctypes.util.find_library("tcmalloc_minimal") or ctypes.util.find_library("tcmalloc")
+    if library is None:
+        print("allocator: glibc malloc (apt-get install libtcmalloc-minimal4 for ~2x)", flush=True)
+        return
+    preload = " ".join(filter(None, [library, os.environ.get("LD_PRELOAD")]))
+    env = os.environ | {"LD_PRELOAD": preload, "TRAINING_MALLOC": library}
+    os.execve(sys.executable, [sys.executable, "-m", "training", *sys.argv[1:]], env)
+
+
 if __name__ == "__main__":
+    with_tcmalloc()
     raise SystemExit(main())

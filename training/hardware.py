@@ -65,6 +65,12 @@ def describe() -> str:
     return f"CPU ({cpu_name()}, {os.cpu_count()} cores, {vector})"
 
 
+def allocator() -> str:
+    """The malloc TensorFlow runs on: it doubles CPU training speed here (training/__main__)."""
+    preload = os.environ.get("LD_PRELOAD", "")
+    return "tcmalloc" if "tcmalloc" in preload else "jemalloc" if "jemalloc" in preload else "glibc"
+
+
 def choose_precision(requested: str = "auto") -> Precision:
     """`auto`: float16 on a GPU, bfloat16 on a CPU with bf16 matrix units, else float32."""
     if requested not in PRECISIONS:

@@ -18,12 +18,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from training import calibration
+from training import calibration, hardware
 from training.data import Dataset, load_dataset, split_validation
 from training.evaluate import predict_probabilities, score
 from training.export import TTA_LEVELS, export_model, view_logits, write_golden, write_metadata
-from training.hardware import choose_precision, choose_strategy
-from training.hardware import describe as describe_hardware
 from training.models import make_fast_model, make_seed_model
 from training.report import (
     HISTORY_FILE,
@@ -396,9 +394,13 @@ def choose_serving(
 def run(config: RunConfig) -> Path:
     """Train, export to models/<name>/<version>/, measure through the export, write the report."""
     # --- hardware and precision ---------------------------------------------------------------
-    precision = choose_precision(config.precision)
-    hardware = describe_hardware()
-    print(f"precision: {precision.name} ({precision.reason}) | hardware: {hardware}", flush=True)
+    precision = hardware.choose_precision(config.precision)
+    machine = hardware.describe()
+    print(
+        f"precision: {precision.name} ({precision.reason}) | hardware: {machine} | "
+        f"malloc: {hardware.allocator()}",
+        flush=True,
+    )
 
     # --- data -------------------------------------------------------------------------------
     dataset: Dataset = load_dataset(config.data)
@@ -433,7 +435,7 @@ def run(config: RunConfig) -> Path:
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(precision.policy)
     try:
-        strategy = choose_strategy()
+        strategy = hardware.choose_strategy()
         with strategy.scope():
             model, augment, one_hot, recipe_callbacks = build(
                 config.arch, hyp, x_train, num_classes, steps_per_epoch * total_epochs
@@ -533,9 +535,10 @@ def run(config: RunConfig) -> Path:
             "steps_per_epoch": steps_per_epoch,
             "seed": config.seed,
             "wall_clock_seconds": round(fit_seconds, 1),
-            "hardware": hardware,
+            "hardware": machine,
             "precision": precision.name,
             "precision_reason": precision.reason,
+            "allocator": hardware.allocator(),
             "strategy": type(strategy).__name__,
             "hyperparameters": {k: list(v) if isinstance(v, tuple) else v for k, v in hyp.items()},
         },

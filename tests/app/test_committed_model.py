@@ -1,6 +1,7 @@
 """The shipped model, served: real CIFAR-10 test PNGs (tests/fixtures/cifar10) get their labels."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,13 +14,19 @@ SHIPPED = REPO / "models" / "cifar10"
 PNGS = sorted((FIXTURES / "cifar10").glob("*.png"))
 
 
+def served_version() -> Path:
+    """The version the app serves: the highest integer folder (others, like `.3.partial`, are
+    ignored, as the app ignores them)."""
+    return max((p for p in SHIPPED.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+
+
 @pytest.fixture
 def shipped_client(make_client):
     return make_client(model_dir=SHIPPED)
 
 
 def test_metadata_matches_the_contract() -> None:
-    version_dir = max(SHIPPED.iterdir(), key=lambda p: int(p.name))
+    version_dir = served_version()
     metadata = json.loads((version_dir / "metadata.json").read_text())
 
     assert metadata["labels"] == LABELS
@@ -50,9 +57,33 @@ def test_served_probabilities_equal_the_signature_on_the_same_pixels(shipped_cli
     served = shipped_client.post("/predict", files=files).json()["predictions"]
 
     pixels = np.stack([np.asarray(Image.open(png).convert("RGB")) for png in PNGS])
-    version_dir = max(SHIPPED.iterdir(), key=lambda p: int(p.name))
+    version_dir = served_version()
     signature = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
     expected = signature(images=tf.constant(pixels))["probabilities"].numpy()
 
     got = np.array([[p["probabilities"][label] for label in LABELS] for p in served])
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_the_served_version_reproduces_its_golden_set() -> None:
+    """golden.npz holds the exported signature's own answers: the app's loader must give them
+    back (same top-1, float32 noise only)."""
+    from app.model import load_classifier
+
+    version_dir = served_version()
+    with np.load(version_dir / "golden.npz") as golden:
+        images, expected = golden["images"], golden["probabilities"]
+    got = load_classifier(version_dir).predict(images)
+
+    assert images.shape == (64, 32, 32, 3) and images.dtype == np.uint8
+    np.testing.assert_array_equal(got.argmax(1), expected.argmax(1))
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_the_served_version_is_calibrated_as_its_metadata_says() -> None:
+    metadata = json.loads((served_version() / "metadata.json").read_text())
+    calibration = metadata["metrics"]["test_calibration"]
+
+    assert calibration["after"]["ece"] < calibration["before"]["ece"]
+    assert calibration["after"]["nll"] <= calibration["before"]["nll"]
+    assert metadata["serving"]["temperature"] == metadata["serving_choice"]["temperature"]
