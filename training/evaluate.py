@@ -53,16 +53,11 @@ def score(probabilities: np.ndarray, y_true: np.ndarray, labels: Sequence[str]) 
     return Evaluation(round(accuracy, 4), per_class, predictions)
 
 
-def evaluate_saved_model(
-    version_dir: Path, images: np.ndarray, y_true: np.ndarray, labels: Sequence[str]
-) -> Evaluation:
-    return score(predict_probabilities(version_dir, images), y_true, labels)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from training.calibration import ECE_BINS, expected_calibration_error, softmax
     from training.data import load_dataset
-    from training.report import HISTORY_FILE, write_test_figures
+    from training.report import HISTORY_FILE, plot_reliability, write_test_figures
 
     parser = argparse.ArgumentParser(
         prog="python -m training.evaluate", description=__doc__.splitlines()[0]
@@ -79,18 +74,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     dataset = load_dataset(args.data)
     if list(dataset.labels) != list(labels):
         parser.error(f"the model's labels {labels} differ from the data's {list(dataset.labels)}")
-    result = evaluate_saved_model(args.model_dir, dataset.x_test, dataset.y_test, labels)
+    probabilities = predict_probabilities(args.model_dir, dataset.x_test)
+    result = score(probabilities, dataset.y_test, labels)
     report_dir = args.report_dir or args.model_dir / "report"
     history = args.model_dir / "report" / HISTORY_FILE
     if history.is_file() and report_dir.resolve() != history.parent.resolve():
         report_dir.mkdir(parents=True, exist_ok=True)
         shutil.copy(history, report_dir / HISTORY_FILE)  # so the curves are redrawn there too
     write_test_figures(report_dir, dataset.x_test, dataset.y_test, result.predictions, labels)
+    # The served probabilities and, undoing the exported temperature, the uncalibrated ones.
+    temperature = float(metadata.get("serving", {}).get("temperature", 1.0))
+    curves = {"served": probabilities}
+    if temperature != 1.0:
+        log_p = np.log(np.clip(probabilities, 1e-30, None))
+        curves = {
+            "before": softmax(log_p, 1 / temperature),
+            f"after (T = {temperature:.2f})": probabilities,
+        }
+    plot_reliability(curves, dataset.y_test, report_dir / "calibration.png")
     print(f"model {metadata.get('name')} v{metadata.get('version')} ({args.model_dir})")
     print(f"data: {dataset.source}, {len(dataset.x_test)} test images")
     for label, accuracy in result.per_class_accuracy.items():
         print(f"  {label:>12s}  {accuracy:.4f}")
     print(f"test accuracy: {result.accuracy:.4f}")
+    ece = expected_calibration_error(probabilities, dataset.y_test)
+    print(f"test ECE ({ECE_BINS} bins): {ece:.4f}")
     print(f"figures: {report_dir}")
     return 0
 

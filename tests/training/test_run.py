@@ -135,6 +135,8 @@ def test_evaluate_cli_prints_accuracy_and_rewrites_figures(
 
     out = capsys.readouterr().out
     assert f"test accuracy: {metadata['metrics']['test_accuracy']:.4f}" in out
+    ece = metadata["metrics"]["test_calibration"]["after"]["ece"]
+    assert f"test ECE (15 bins): {ece:.4f}" in out
     assert {p.name for p in tmp_path.iterdir()} == REPORT_FILES - {"model_summary.txt"}
 
 
@@ -154,7 +156,7 @@ def test_ctrl_c_keeps_the_checkpoint_and_resume_continues(
     backup = tmp_path / "checkpoints" / "cifar10" / "backup"
     assert json.loads((backup / "training_metadata.json").read_text())["epoch"] == 1
     with h5py.File(backup / "latest.weights.h5") as checkpoint:
-        assert "optimizer" in checkpoint  # step count (schedule), momentum and EMA resume too
+        assert "optimizer" in checkpoint  # step count (schedule) and momentum resume too
     assert not (tmp_path / "models" / "cifar10").exists()
 
     monkeypatch.undo()
