@@ -85,14 +85,14 @@ def with_tcmalloc() -> None:
 
     glibc's malloc returns TensorFlow's large activation buffers to the kernel and faults them
     back in every step: on a 2-core EPYC half the CPU time went to the kernel, and the same
-    training steps ran 2.0x faster with tcmalloc (75 -> 148 images/s, see README). Install it
+    training steps ran 1.4x faster with tcmalloc (benchmarks/results/training.md). Install it
     with `apt-get install libtcmalloc-minimal4`; TRAINING_MALLOC=system keeps glibc's.
     """
     if "tcmalloc" in os.environ.get("LD_PRELOAD", "") or os.environ.get("TRAINING_MALLOC"):
         return
     library = ctypes.util.find_library("tcmalloc_minimal") or ctypes.util.find_library("tcmalloc")
     if library is None:
-        print("allocator: glibc malloc (apt-get install libtcmalloc-minimal4 for ~2x)", flush=True)
+        print("malloc: glibc (apt-get install libtcmalloc-minimal4: ~1.4x faster)", flush=True)
         return
     preload = " ".join(filter(None, [library, os.environ.get("LD_PRELOAD")]))
     env = os.environ | {"LD_PRELOAD": preload, "TRAINING_MALLOC": library}
