@@ -25,6 +25,7 @@ COPY --from=build /opt/venv /opt/venv
 WORKDIR /srv
 COPY app ./app
 COPY models ./models
+COPY pyproject.toml ./
 USER app
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \

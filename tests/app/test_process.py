@@ -87,3 +87,22 @@ def test_log_lines_are_json_with_the_request_fields(
     assert entry["request_id"] == "trace-42" and entry["duration_ms"] >= 0
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", entry["time"])
     assert {"level", "message"} <= set(entry)
+
+
+def test_the_version_comes_from_pyproject_when_the_package_is_not_installed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The container copies app/ and pyproject.toml without installing the package."""
+    import tomllib
+    from importlib.metadata import PackageNotFoundError
+
+    from app import openapi
+
+    def not_installed(name: str) -> str:
+        raise PackageNotFoundError(name)
+
+    monkeypatch.setattr(openapi, "version", not_installed)
+    with openapi.PYPROJECT.open("rb") as handle:
+        expected = tomllib.load(handle)["project"]["version"]
+
+    assert openapi.package_version() == expected != "0+unknown"
