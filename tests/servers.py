@@ -1,11 +1,13 @@
 """Run the service as a real process (`python -m app`) for tests that need a socket."""
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.conftest import REPO
@@ -41,3 +43,16 @@ def wait_until_healthy(port: int, process: subprocess.Popen, seconds: float = 12
         except OSError:
             time.sleep(0.2)
     raise TimeoutError(f"server on {port} never became healthy")
+
+
+@contextlib.contextmanager
+def serving(model_dir: Path, **settings: str) -> Iterator[int]:
+    """A healthy `python -m app` on a free port for the block; terminated after it."""
+    port = free_port()
+    server = start_server(model_dir, port, **settings)
+    try:
+        wait_until_healthy(port, server)
+        yield port
+    finally:
+        server.terminate()
+        server.wait(30)

@@ -178,13 +178,14 @@ def load_image_folder(
 
 
 def display_path(path: Path) -> str:
-    """A data path as metadata.json keeps it: relative to the folder holding this repository
-    (`shared/data/cifar10`), else just its name, so no machine's absolute path is published."""
+    """A data path as metadata.json keeps it, never a machine's absolute path: relative to this
+    repository, or `shared/...` for the offline copy beside it, else just the folder's name."""
     path = Path(path).resolve()
-    try:
-        return path.relative_to(REPO_ROOT.parent).as_posix()
-    except ValueError:
-        return path.name
+    for base, prefix in ((REPO_ROOT, ""), (REPO_ROOT.parent / "shared", "shared/")):
+        base = base.resolve()
+        if path.is_relative_to(base):
+            return f"{prefix}{path.relative_to(base).as_posix()}"
+    return path.name
 
 
 def find_offline_copy() -> Path | None:

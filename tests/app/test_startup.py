@@ -47,21 +47,6 @@ def test_corrupt_model_is_refused_with_tensorflows_reason(
     assert re.search(r"SavedModel \(\w+: \S.{10,}\)", str(error.value)), str(error.value)
 
 
-def test_non_square_input_is_refused(tmp_path: Path, tiny_model_dir: Path) -> None:
-    class WideModel(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None, 32, 48, 3], tf.uint8, name="images")])
-        def serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
-            return {"probabilities": tf.nn.softmax(tf.zeros([tf.shape(images)[0], 10]))}
-
-    module = WideModel()
-    version_dir = tmp_path / "1"
-    tf.saved_model.save(module, str(version_dir), signatures={"serving_default": module.serve})
-    shutil.copy(tiny_model_dir / "1" / "metadata.json", version_dir)
-
-    with pytest.raises(ModelLoadError, match="32x48; the service resizes uploads to a square"):
-        load_classifier(version_dir)
-
-
 def test_without_a_gpu_the_cuda_probe_is_explained(caplog: pytest.LogCaptureFixture) -> None:
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("this machine has a GPU")
@@ -84,18 +69,34 @@ def test_metadata_disagreeing_with_the_signature_is_refused(
         load_classifier(version_dir)
 
 
-def test_float_input_signature_is_refused(tmp_path: Path, tiny_model_dir: Path) -> None:
-    class FloatModel(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.float32, name="images")])
+def save_uniform_model(version_dir: Path, spec: tf.TensorSpec, metadata_from: Path) -> Path:
+    """A SavedModel answering uniform probabilities for input `spec`, with valid metadata."""
+
+    class Uniform(tf.Module):
+        @tf.function(input_signature=[spec])
         def serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
             return {"probabilities": tf.nn.softmax(tf.zeros([tf.shape(images)[0], 10]))}
 
-    module = FloatModel()
-    version_dir = tmp_path / "1"
+    module = Uniform()
     tf.saved_model.save(module, str(version_dir), signatures={"serving_default": module.serve})
-    shutil.copy(tiny_model_dir / "1" / "metadata.json", version_dir)
+    shutil.copy(metadata_from / "metadata.json", version_dir)
+    return version_dir
 
-    with pytest.raises(ModelLoadError, match="not uint8"):
+
+@pytest.mark.parametrize(
+    ("shape", "dtype", "reason"),
+    [
+        ([None, 32, 32, 3], tf.float32, "not uint8"),
+        ([None, 32, 48, 3], tf.uint8, "32x48; the service resizes uploads to a square"),
+    ],
+)
+def test_contract_breaking_inputs_are_refused(
+    shape: list, dtype: tf.DType, reason: str, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    spec = tf.TensorSpec(shape, dtype, name="images")
+    version_dir = save_uniform_model(tmp_path / "1", spec, tiny_model_dir / "1")
+
+    with pytest.raises(ModelLoadError, match=reason):
         load_classifier(version_dir)
 
 

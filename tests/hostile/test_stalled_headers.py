@@ -9,7 +9,7 @@ import time
 import urllib.error
 import urllib.request
 
-from tests.servers import free_port, start_server, wait_until_healthy
+from tests.servers import serving
 
 STALLED = 300
 HALF_A_HEAD = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-"
@@ -45,11 +45,8 @@ def read_until_closed(sock: socket.socket, deadline: float) -> bytes | None:
 
 
 def test_stalled_heads_are_closed_with_408_while_health_answers(tiny_model_dir) -> None:
-    port = free_port()
-    server = start_server(tiny_model_dir, port, HEADER_TIMEOUT_S="3", MAX_CONNECTIONS="2000")
     stalled: list[socket.socket] = []
-    try:
-        wait_until_healthy(port, server)
+    with serving(tiny_model_dir, HEADER_TIMEOUT_S="3", MAX_CONNECTIONS="2000") as port:
         stalled = open_stalled(port, STALLED)
         silent = socket.create_connection(("127.0.0.1", port), timeout=10)  # sends nothing
         stalled.append(silent)
@@ -66,20 +63,14 @@ def test_stalled_heads_are_closed_with_408_while_health_answers(tiny_model_dir) 
             assert head.startswith(b"HTTP/1.1 408")
             assert json.loads(body)["error"]["code"] == "header_timeout"
         assert health(port)[0] == 200
-    finally:
-        for sock in stalled:
-            sock.close()
-        server.terminate()
-        server.wait(30)
+    for sock in stalled:
+        sock.close()
 
 
 def test_a_prompt_keep_alive_client_is_not_cut_off(tiny_model_dir) -> None:
     """The head timer restarts per request: a client that sends whole heads promptly keeps its
     connection across several requests spread over more than HEADER_TIMEOUT_S."""
-    port = free_port()
-    server = start_server(tiny_model_dir, port, HEADER_TIMEOUT_S="1")
-    try:
-        wait_until_healthy(port, server)
+    with serving(tiny_model_dir, HEADER_TIMEOUT_S="1") as port:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         sockets = []
         for _ in range(3):
@@ -90,31 +81,17 @@ def test_a_prompt_keep_alive_client_is_not_cut_off(tiny_model_dir) -> None:
             time.sleep(0.6)  # idle, well inside uvicorn's keep-alive timeout
         connection.close()
         assert sockets[0] is sockets[1] is sockets[2]  # one connection throughout
-    finally:
-        server.terminate()
-        server.wait(30)
 
 
 def test_beyond_max_connections_a_request_gets_json_503(tiny_model_dir) -> None:
-    port = free_port()
-    server = start_server(tiny_model_dir, port, HEADER_TIMEOUT_S="60", MAX_CONNECTIONS="20")
-    stalled: list[socket.socket] = []
-    try:
-        wait_until_healthy(port, server)
+    with serving(tiny_model_dir, HEADER_TIMEOUT_S="60", MAX_CONNECTIONS="20") as port:
         stalled = open_stalled(port, 25)
-
         status, body = health(port)
-        assert status == 503 and body["error"]["code"] == "over_capacity"
-
         for sock in stalled:
             sock.close()
-        stalled = []
         deadline = time.monotonic() + 30
         while health(port)[0] != 200:
             assert time.monotonic() < deadline, "still refused after the connections closed"
             time.sleep(0.2)
-    finally:
-        for sock in stalled:
-            sock.close()
-        server.terminate()
-        server.wait(30)
+
+    assert status == 503 and body["error"]["code"] == "over_capacity"
