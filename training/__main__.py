@@ -91,8 +91,7 @@ def with_tcmalloc() -> None:
     if "tcmalloc" in os.environ.get("LD_PRELOAD", "") or os.environ.get("TRAINING_MALLOC"):
         return
     library = ctypes.util.find_library("tcmalloc_minimal") or ctypes.util.find_library("tcmalloc")
-    if library is None:
-        print("malloc: glibc (apt-get install libtcmalloc-minimal4: ~1.4x faster)", flush=True)
+    if library is None:  # the run's first line then says "malloc: glibc"
         return
     preload = " ".join(filter(None, [library, os.environ.get("LD_PRELOAD")]))
     env = os.environ | {"LD_PRELOAD": preload, "TRAINING_MALLOC": library}
