@@ -10,14 +10,20 @@
 """
 
 import asyncio
-import json
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from app.schemas import ErrorDetail, ErrorResponse
+
+
+def _error_body(code: str, message: str) -> bytes:
+    """The API's one error shape (app.schemas), for answers given below the ASGI app."""
+    return ErrorResponse(error=ErrorDetail(code=code, message=message)).model_dump_json().encode()
+
 
 def _json_response(status: int, reason: str, code: str, message: str) -> bytes:
-    body = json.dumps({"error": {"code": code, "message": message, "file": None}}).encode()
+    body = _error_body(code, message)
     head = (
         f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
@@ -27,15 +33,9 @@ def _json_response(status: int, reason: str, code: str, message: str) -> bytes:
 
 async def _over_capacity(scope: Any, receive: Any, send: Any) -> None:
     """The ASGI app a request gets when the process holds too many connections."""
-    body = json.dumps(
-        {
-            "error": {
-                "code": "over_capacity",
-                "message": "this process holds MAX_CONNECTIONS connections; retry shortly",
-                "file": None,
-            }
-        }
-    ).encode()
+    body = _error_body(
+        "over_capacity", "this process holds MAX_CONNECTIONS connections; retry shortly"
+    )
     await send(
         {
             "type": "http.response.start",

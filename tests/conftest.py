@@ -1,7 +1,9 @@
 """Shared fixtures: a small real SavedModel exported by the training code, and app clients."""
 
+import asyncio
 import io
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -93,3 +95,11 @@ def image_bytes(
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **save)
     return buffer.getvalue()
+
+
+async def until(condition: Callable[[], bool], failure: str, seconds: float = 30) -> None:
+    """Poll `condition` on the event loop; fail with `failure` after a generous deadline."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, failure
+        await asyncio.sleep(0.001)

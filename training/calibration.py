@@ -21,6 +21,11 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def uncalibrated(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """The probabilities before a temperature T was applied: softmax(T log p) undoes it exactly."""
+    return softmax(np.log(np.clip(probabilities, 1e-30, None)), 1 / temperature)
+
+
 def negative_log_likelihood(probabilities: np.ndarray, labels: np.ndarray) -> float:
     picked = np.asarray(probabilities, np.float64)[np.arange(len(labels)), np.asarray(labels, int)]
     return float(-np.mean(np.log(np.clip(picked, 1e-12, None))))

@@ -55,7 +55,7 @@ def score(probabilities: np.ndarray, y_true: np.ndarray, labels: Sequence[str]) 
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from training.calibration import ECE_BINS, expected_calibration_error, softmax
+    from training.calibration import ECE_BINS, expected_calibration_error, uncalibrated
     from training.data import load_dataset
     from training.report import HISTORY_FILE, plot_reliability, write_test_figures
 
@@ -86,9 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     temperature = float(metadata.get("serving", {}).get("temperature", 1.0))
     curves = {"served": probabilities}
     if temperature != 1.0:
-        log_p = np.log(np.clip(probabilities, 1e-30, None))
         curves = {
-            "before": softmax(log_p, 1 / temperature),
+            "before": uncalibrated(probabilities, temperature),
             f"after (T = {temperature:.2f})": probabilities,
         }
     plot_reliability(curves, dataset.y_test, report_dir / "calibration.png")

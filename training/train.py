@@ -447,7 +447,16 @@ def run(config: RunConfig) -> Path:
             flush=True,
         )
         fit_seconds = fit(
-            model, config, hyp, x_train, y_train, split, augment, one_hot, recipe_callbacks
+            model,
+            config,
+            hyp,
+            total_epochs,
+            x_train,
+            y_train,
+            split,
+            augment,
+            one_hot,
+            recipe_callbacks,
         )
 
         # --- choose what to serve, export, measure through the export ---------------------------
@@ -496,10 +505,8 @@ def run(config: RunConfig) -> Path:
         val_accuracy = score(
             predict_probabilities(partial_dir, split.x_val), split.y_val, dataset.labels
         ).accuracy
-    # softmax(T log p) undoes the temperature exactly: the uncalibrated twin of what is served.
-    uncalibrated = calibration.softmax(
-        np.log(np.clip(test_probabilities, 1e-30, None)), 1 / temperature
-    )
+    # The uncalibrated twin of what is served, for the before/after figures.
+    uncalibrated = calibration.uncalibrated(test_probabilities, temperature)
     write_golden(partial_dir, dataset.x_test[:GOLDEN_SIZE])
     phases = (
         [
@@ -576,6 +583,7 @@ def fit(
     model: keras.Model,
     config: RunConfig,
     hyp: dict[str, Any],
+    total_epochs: int,
     x_train: np.ndarray,
     y_train: np.ndarray,
     split,
@@ -603,9 +611,6 @@ def fit(
         )
         if len(split.x_val)
         else None
-    )
-    total_epochs = (
-        hyp["epochs"] + hyp.get("aug_epochs", 0) if config.arch == "seed" else hyp["epochs"]
     )
     work_dir = config.checkpoints_dir / config.name
     if work_dir.exists() and not config.resume:

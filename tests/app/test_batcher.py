@@ -2,12 +2,12 @@
 
 import asyncio
 import threading
-import time
 
 import numpy as np
 import pytest
 
 from app.batcher import Batcher, BatcherClosed, BatchStats, QueueFull
+from tests.conftest import until
 
 pytestmark = pytest.mark.anyio
 
@@ -34,14 +34,6 @@ class Gate:
         self.started.set()
         self.release.wait(timeout=10)
         return row_sums(images)
-
-
-async def until(condition, failure: str, seconds: float = 30) -> None:
-    """Poll `condition` on the event loop; fail with `failure` after a generous deadline."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, failure
-        await asyncio.sleep(0.001)
 
 
 def make(infer=row_sums, **kwargs) -> Batcher:

@@ -3,7 +3,6 @@
 import asyncio
 import json
 import threading
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -17,7 +16,7 @@ from app.main import create_app
 from app.model import Classifier
 from app.preprocessing import decode_image
 from app.settings import Settings
-from tests.conftest import LABELS, image_bytes
+from tests.conftest import LABELS, image_bytes, until
 
 pytestmark = pytest.mark.anyio
 
@@ -70,14 +69,6 @@ def gated(monkeypatch: pytest.MonkeyPatch) -> GatedModel:
 
     monkeypatch.setattr(Classifier, "predict", predict)
     return gate
-
-
-async def until(condition, failure: str, seconds: float = 30) -> None:
-    """Poll `condition` on the event loop; fail with `failure` after a generous deadline."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, failure
-        await asyncio.sleep(0.005)
 
 
 async def test_concurrent_requests_each_get_their_own_result(tiny_model_dir) -> None:
