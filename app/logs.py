@@ -6,8 +6,12 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from app.contract import ModelLoadError
+
 # Attributes every LogRecord has; anything else was passed with `extra=` and is logged as a field.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+# How a traceback's last line names the exception, wherever the class lives.
+_MODEL_LOAD_ERROR = f"{ModelLoadError.__module__}.{ModelLoadError.__qualname__}:"
 
 
 class JsonFormatter(logging.Formatter):
@@ -16,6 +20,7 @@ class JsonFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
+            "pid": record.process,  # which process, when WORKERS > 1
             "message": record.getMessage(),
         }
         entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
@@ -30,7 +35,7 @@ class AlreadyExplained(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         lines = record.getMessage().rstrip().splitlines()
-        return not (len(lines) > 1 and lines[-1].startswith("app.model.ModelLoadError:"))
+        return not (len(lines) > 1 and lines[-1].startswith(_MODEL_LOAD_ERROR))
 
 
 def configure_logging(level: str) -> None:

@@ -1,6 +1,7 @@
-"""The served model: a SavedModel behind its `serving_default` signature, checked against DESIGN.md.
+"""The served model: a SavedModel version in one inference backend, checked against DESIGN.md.
 
-This is the only module that imports TensorFlow; it needs neither Keras nor the training code.
+Neither TensorFlow nor OpenVINO is imported here: the backend chosen at load imports its runtime,
+so the slim image serves without TensorFlow. No Keras or training code is needed either.
 """
 
 import json
@@ -10,22 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
+
+from app.backends import Backend, BackendChoice, PrecisionChoice, installed, load_backend
+from app.contract import ModelLoadError, check_signature
+from app.golden import GoldenResult, GoldenSet, read_golden
 
 logger = logging.getLogger(__name__)
-
-INPUT_NAME = "images"
-OUTPUT_NAME = "probabilities"
-SIGNATURE = "serving_default"
-
-
-class ModelLoadError(RuntimeError):
-    """The model folder is missing, corrupt, or breaks the serving contract."""
-
-    def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"cannot serve the model at {path}: {reason}")
-        self.path = path
-        self.reason = reason
 
 
 def resolve_version_dir(path: Path) -> Path:
@@ -41,7 +32,12 @@ def resolve_version_dir(path: Path) -> Path:
 
 
 def configure_threads(intra_op: int, inter_op: int) -> None:
-    """Set TensorFlow's thread pools; only possible before the runtime starts, once per process."""
+    """Set TensorFlow's thread pools; only possible before the runtime starts, once per process.
+    Without TensorFlow installed there is nothing to set."""
+    if not installed("tensorflow"):
+        return
+    import tensorflow as tf
+
     try:
         tf.config.threading.set_intra_op_parallelism_threads(intra_op)
         tf.config.threading.set_inter_op_parallelism_threads(inter_op)
@@ -50,7 +46,12 @@ def configure_threads(intra_op: int, inter_op: int) -> None:
 
 
 def describe_device() -> str:
-    """Where inference runs; explains TensorFlow's CUDA probe on a machine without a GPU."""
+    """Where TensorFlow would run; explains its CUDA probe on a machine without a GPU.
+    Without TensorFlow installed, serving is on the CPU (OpenVINO)."""
+    if not installed("tensorflow"):
+        return "CPU"
+    import tensorflow as tf
+
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         return f"{len(gpus)} GPU"
@@ -73,13 +74,14 @@ class Classifier:
     metadata: dict[str, Any]
     height: int
     width: int
-    _signature: Any
-    _loaded: Any  # the signature holds only weak references to this object's variables
+    backend: str  # the runtime serving it: "tensorflow" or "openvino"
+    precision: str  # what that runtime computes in: "f32" or "bf16"
+    golden: GoldenResult | None  # the check against golden.npz at load; None: the version has none
+    _runtime: Backend
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 -> (N, num_labels) float32; blocking, call it off the event loop."""
-        outputs = self._signature(**{INPUT_NAME: tf.constant(images, dtype=tf.uint8)})
-        return outputs[OUTPUT_NAME].numpy()
+        return self._runtime.predict(images)
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
         """Run the graph once per batch size so the first real request pays no set-up cost."""
@@ -94,24 +96,32 @@ class Classifier:
                 )
 
 
-def load_classifier(path: Path) -> Classifier:
-    """Load and check a model folder; every failure is a ModelLoadError naming path and reason."""
+def load_classifier(
+    path: Path,
+    backend: BackendChoice = "auto",
+    precision: PrecisionChoice = "auto",
+    threads: int | None = None,
+) -> Classifier:
+    """Load and check a model folder; every failure is a ModelLoadError naming path and reason.
+
+    `backend` and `precision` are INFERENCE_BACKEND and INFERENCE_PRECISION (app.settings);
+    `threads`, the CPUs one model call may use (openvino; None: the whole CPU quota).
+    """
     version_dir = resolve_version_dir(path)
     metadata = _read_metadata(version_dir)
-    try:
-        loaded = tf.saved_model.load(str(version_dir))
-    except Exception as exc:  # TensorFlow raises many unrelated types for a broken folder
-        # Keep TensorFlow's own words (first line, bounded): they say which file is broken.
-        detail = (str(exc).strip().splitlines() or [""])[0][:300]
-        raise ModelLoadError(
-            version_dir, f"not a loadable SavedModel ({type(exc).__name__}: {detail})"
-        ) from exc
-    signatures = getattr(loaded, "signatures", {})
-    if SIGNATURE not in signatures:
-        raise ModelLoadError(version_dir, f"no '{SIGNATURE}' signature")
-    signature = signatures[SIGNATURE]
     labels = tuple(metadata["labels"])
-    height, width = _check_signature(version_dir, signature, len(labels))
+    runtime = load_backend(version_dir, backend, precision, threads)
+    height, width = check_signature(version_dir, runtime.signature, len(labels))
+    golden = read_golden(version_dir, height, width, len(labels))
+    if golden is None:
+        logger.warning(
+            "%s has no golden.npz: serving it without checking %s against the exported answers",
+            version_dir,
+            runtime.name,
+        )
+        result = None
+    else:
+        runtime, result = _reproduce_golden(runtime, golden, threads)
     return Classifier(
         path=version_dir,
         name=str(metadata["name"]),
@@ -120,9 +130,38 @@ def load_classifier(path: Path) -> Classifier:
         metadata=metadata,
         height=height,
         width=width,
-        _signature=signature,
-        _loaded=loaded,
+        backend=runtime.name,
+        precision=runtime.precision,
+        golden=result,
+        _runtime=runtime,
     )
+
+
+def _reproduce_golden(
+    runtime: Backend, golden: GoldenSet, threads: int | None
+) -> tuple[Backend, GoldenResult]:
+    """Serve only a runtime that gives back the exported answers; bf16 that does not falls
+    back to f32, which must."""
+    version_dir = golden.version_dir
+    result = golden.compare(runtime.predict(golden.images), runtime.precision)
+    if not result.passed and runtime.precision == "bf16":
+        logger.warning(
+            "%s: %s bf16 does not reproduce golden.npz, falling back to f32: %s",
+            version_dir,
+            runtime.name,
+            result,
+        )
+        runtime = load_backend(version_dir, runtime.name, "f32", threads)
+        result = golden.compare(runtime.predict(golden.images), runtime.precision)
+    if not result.passed:
+        raise ModelLoadError(
+            version_dir,
+            f"{runtime.name} {runtime.precision} does not reproduce golden.npz: {result}",
+        )
+    logger.info(
+        "%s: %s %s reproduces golden.npz: %s", version_dir, runtime.name, runtime.precision, result
+    )
+    return runtime, result
 
 
 def _read_metadata(version_dir: Path) -> dict[str, Any]:
@@ -142,34 +181,3 @@ def _read_metadata(version_dir: Path) -> dict[str, Any]:
     if not (isinstance(labels, list) and labels and all(isinstance(x, str) for x in labels)):
         raise ModelLoadError(version_dir, "metadata.json 'labels' is not a list of strings")
     return metadata
-
-
-def _check_signature(version_dir: Path, signature: Any, num_labels: int) -> tuple[int, int]:
-    """Enforce DESIGN.md: `images` uint8 [None, H, W, 3] in, `probabilities` float32 out."""
-    _, inputs = signature.structured_input_signature
-    if set(inputs) != {INPUT_NAME}:
-        raise ModelLoadError(version_dir, f"signature inputs are {sorted(inputs)}, not ['images']")
-    spec = inputs[INPUT_NAME]
-    shape = spec.shape.as_list() if spec.shape.rank is not None else None
-    if spec.dtype != tf.uint8 or shape is None or len(shape) != 4 or shape[3] != 3:
-        raise ModelLoadError(
-            version_dir, f"input 'images' is {spec.dtype.name} {shape}, not uint8 [None, H, W, 3]"
-        )
-    if shape[1] is None or shape[2] is None:
-        raise ModelLoadError(version_dir, "input 'images' must fix height and width")
-    if shape[1] != shape[2]:
-        raise ModelLoadError(
-            version_dir,
-            f"input 'images' is {shape[1]}x{shape[2]}; the service resizes uploads to a square",
-        )
-    outputs = signature.structured_outputs
-    if not isinstance(outputs, dict) or OUTPUT_NAME not in outputs:
-        raise ModelLoadError(version_dir, "signature has no 'probabilities' output")
-    out = outputs[OUTPUT_NAME]
-    if out.dtype != tf.float32 or out.shape.as_list()[-1:] != [num_labels]:
-        raise ModelLoadError(
-            version_dir,
-            f"output 'probabilities' is {out.dtype.name} {out.shape.as_list()}, "
-            f"not float32 [None, {num_labels}] for the {num_labels} labels in metadata.json",
-        )
-    return int(shape[1]), int(shape[2])
