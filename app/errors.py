@@ -39,7 +39,12 @@ def error_response(
     message: str,
     file: str | None = None,
     headers: dict[str, str] | None = None,
+    *,
+    path: str = "",
 ) -> JSONResponse:
+    """The error body; under /v2 the Open Inference Protocol's own `{"error": "..."}`."""
+    if path == "/v2" or path.startswith("/v2/"):
+        return JSONResponse({"error": message}, status_code=status_code, headers=headers)
     body = ErrorResponse(error=ErrorDetail(code=code, message=message, file=file))
     return JSONResponse(body.model_dump(), status_code=status_code, headers=headers)
 
@@ -68,6 +73,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
         415,
         "notes.txt: not an image in a supported format (JPEG, PNG, WEBP, GIF, BMP, TIFF)",
     ),
+    "version_not_found": (404, "version 7 is not loaded (loaded: [2])"),
     "invalid_request": (422, "top_k must be between 1 and 10"),
     "missing_files": (422, "send one or more images as multipart/form-data parts named 'files'"),
     "not_ready": (503, "the model is loading or the service is draining"),
@@ -78,6 +84,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
 STATUS_DESCRIPTIONS = {
     400: "An upload is empty, corrupt or truncated, or the multipart body is malformed.",
     401: "The API key is missing or wrong.",
+    404: "The requested model version is not loaded.",
     408: "The request body did not arrive within UPLOAD_TIMEOUT_S.",
     413: "Too many files, body over MAX_UPLOAD_BYTES, or an image over MAX_IMAGE_PIXELS.",
     415: "Not multipart/form-data, or a file that is not a supported image format.",
@@ -109,30 +116,40 @@ def error_responses(*codes: str) -> dict[int | str, dict[str, Any]]:
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status_code, exc.code, exc.message, exc.file, exc.headers)
+    return error_response(
+        exc.status_code, exc.code, exc.message, exc.file, exc.headers, path=request.url.path
+    )
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0]
     location = ".".join(str(part) for part in first.get("loc", ()))
-    return error_response(422, "invalid_request", f"{location}: {first.get('msg', 'invalid')}")
+    message = f"{location}: {first.get('msg', 'invalid')}"
+    return error_response(422, "invalid_request", message, path=request.url.path)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 413:
-        return error_response(413, "body_too_large", "the request body exceeds MAX_UPLOAD_BYTES")
+        return error_response(
+            413,
+            "body_too_large",
+            "the request body exceeds MAX_UPLOAD_BYTES",
+            path=request.url.path,
+        )
     code = {404: "not_found", 405: "method_not_allowed", 408: "upload_timeout"}.get(
         exc.status_code, "http_error"
     )
-    return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+    return error_response(
+        exc.status_code, code, str(exc.detail), headers=exc.headers, path=request.url.path
+    )
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     # Never leak a stack trace or a path; the log has the details.
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(500, "internal_error", "internal server error")
+    return error_response(500, "internal_error", "internal server error", path=request.url.path)
 
 
 def install_error_handlers(app: FastAPI) -> None:

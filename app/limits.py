@@ -45,6 +45,7 @@ class RequestLimitsMiddleware:
                 f"the request body is {declared} bytes; the limit is "
                 f"{self.max_body_bytes} (MAX_UPLOAD_BYTES)",
                 headers={"Connection": "close"},
+                path=scope["path"],
             )
             await response(scope, receive, send)
             return

@@ -1,12 +1,14 @@
 """The ASGI app: `uvicorn app.main:app`. Creates the app, its lifespan, and includes the routers."""
 
 import asyncio
+import functools
 import logging
 import signal
 import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -19,8 +21,15 @@ from app.errors import install_error_handlers
 from app.limits import RequestLimitsMiddleware
 from app.logs import configure_logging
 from app.metrics import Metrics
-from app.model import ModelLoadError, configure_threads, describe_device, load_classifier
-from app.routers import docs, health, metrics, model_info, predict
+from app.model import (
+    Classifier,
+    ModelLoadError,
+    configure_threads,
+    describe_device,
+    load_classifier,
+)
+from app.repository import ModelRepository, RepositoryEvent
+from app.routers import docs, explain, health, inference_protocol, metrics, model_info, predict, web
 from app.settings import Settings, get_settings
 
 logger = logging.getLogger("app")
@@ -36,54 +45,101 @@ Errors are JSON: `{"error": {"code": "...", "message": "...", "file": "..."}}`.
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Load and warm the model before serving; on shutdown finish queued work, then stop."""
+    """Load and warm the model versions before serving, watch the folder for new ones while
+    serving; on shutdown finish queued work, then stop."""
     settings: Settings = app.state.settings
+    telemetry: Metrics = app.state.metrics
     configure_threads(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
-    device = describe_device()
+    repository = ModelRepository(
+        settings.model_dir,
+        policy=settings.version_policy,
+        load=functools.partial(_load_version, settings),
+        make_batcher=functools.partial(_make_batcher, settings, telemetry),
+        on_event=lambda event: _record_event(telemetry, repository, event),
+    )
     try:
-        classifier = load_classifier(settings.model_dir)
-        classifier.warm_up((1, settings.max_batch_size))
+        await repository.start()
     except ModelLoadError as exc:
         logger.error("%s", exc)
         raise
+    default = repository.get().classifier
     logger.info(
-        "serving model %s version %d from %s on the %s (%d inference workers x %d TF threads)",
-        classifier.name,
-        classifier.version,
-        classifier.path,
-        device,
+        "serving model %s versions %s (default %d) from %s with %s %s on the %s "
+        "(%d inference workers, policy %s)",
+        default.name,
+        repository.versions,
+        default.version,
+        settings.model_dir,
+        default.backend,
+        default.precision,
+        describe_device() if default.backend == "tensorflow" else "CPU",
         settings.batch_workers,
-        settings.tf_intra_op_threads,
+        settings.version_policy,
     )
-    telemetry: Metrics = app.state.metrics
-    telemetry.model.info({"name": classifier.name, "version": str(classifier.version)})
+    decode_pool = ThreadPoolExecutor(settings.image_decode_threads, thread_name_prefix="decode")
+    app.state.repository = repository
+    app.state.decode_pool = decode_pool
+    app.state.ready = True
+    _drain_on_sigterm(app, settings.drain_delay_s)
+    watcher = asyncio.create_task(_watch(repository, settings.model_poll_s), name="model-poll")
+    try:
+        yield
+    finally:
+        app.state.ready = False
+        watcher.cancel()
+        await repository.close()
+        decode_pool.shutdown(wait=True)
 
+
+def _load_version(settings: Settings, path: Path) -> Classifier:
+    """Load, warm up and check one version; runs off the event loop."""
+    classifier = load_classifier(
+        path,
+        settings.inference_backend,
+        settings.inference_precision,
+        threads=settings.cpus_per_process,
+    )
+    classifier.warm_up((1, settings.max_batch_size))
+    return classifier
+
+
+def _make_batcher(settings: Settings, telemetry: Metrics, classifier: Classifier) -> Batcher:
     def record_batch(stats: BatchStats) -> None:
         telemetry.batch_images.observe(stats.images)
         telemetry.inference_seconds.observe(stats.seconds)
 
-    batcher = Batcher(
+    return Batcher(
         classifier.predict,
         max_batch_size=settings.max_batch_size,
         max_batch_delay_ms=settings.max_batch_delay_ms,
         max_queue_images=settings.max_queue_images,
         workers=settings.batch_workers,
         on_batch=record_batch,
+        on_queue=telemetry.queue_images.inc,
     )
-    telemetry.queue_images.set_function(lambda: batcher.queued_images)
-    decode_pool = ThreadPoolExecutor(settings.image_decode_threads, thread_name_prefix="decode")
-    batcher.start()
-    app.state.classifier = classifier
-    app.state.batcher = batcher
-    app.state.decode_pool = decode_pool
-    app.state.ready = True
-    _drain_on_sigterm(app, settings.drain_delay_s)
-    try:
-        yield
-    finally:
-        app.state.ready = False
-        await batcher.stop()
-        decode_pool.shutdown(wait=True)
+
+
+def _record_event(telemetry: Metrics, repository: ModelRepository, event: RepositoryEvent) -> None:
+    telemetry.model_events.labels(event.kind).inc()
+    if event.kind == "loaded":
+        telemetry.model_versions.labels(str(event.version)).set(1)
+    elif event.kind == "unloaded":
+        telemetry.drop(telemetry.model_versions, str(event.version))
+    if repository.versions:
+        default = repository.get().classifier
+        telemetry.show_model(default.name, str(default.version), default.backend, default.precision)
+
+
+async def _watch(repository: ModelRepository, every_s: float) -> None:
+    """Poll the model folder; a failing poll is logged and the next one tries again."""
+    if every_s <= 0:
+        return
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await repository.poll()
+        except Exception:
+            logger.exception("polling the model folder %s failed", repository.path)
 
 
 def _drain_on_sigterm(app: FastAPI, delay_s: float) -> None:
@@ -135,12 +191,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Only with an API key configured do the routes (and their OpenAPI) require it.
     protected = [Depends(require_api_key)] if settings.api_key else []
     app.include_router(predict.router, dependencies=protected)
+    app.include_router(explain.router, dependencies=protected)
     app.include_router(model_info.router, dependencies=protected)
+    app.include_router(inference_protocol.router, dependencies=protected)
+    app.include_router(inference_protocol.health_router)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.mount("/static/swagger-ui", docs.static, name="swagger-ui")
     app.include_router(docs.router)
-    openapi.install(app)
+    app.mount("/static/web", web.static, name="web")
+    app.include_router(web.router)
+    openapi.install(app, schemas=inference_protocol.SCHEMAS)
     return app
 
 

@@ -32,22 +32,26 @@ def package_version() -> str:
             return "0+unknown"
 
 
-def install(app: FastAPI) -> None:
-    """Replace `app.openapi` with a generator that adds the loaded model's limits. The document
-    is cached only once the model is loaded, so an early request cannot freeze an incomplete one."""
+def install(app: FastAPI, schemas: dict[str, Any]) -> None:
+    """Replace `app.openapi` with a generator that adds `schemas` (of bodies parsed by hand) to
+    the components and the loaded model's limits. The document is cached only once the model
+    is loaded, so an early request cannot freeze an incomplete one."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is not None:
             return app.openapi_schema
         schema = generate()
-        classifier = getattr(app.state, "classifier", None)
-        if classifier is None:
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(schemas)
+        repository = getattr(app.state, "repository", None)
+        if repository is None or not repository.versions:
             app.openapi_schema = None
             return schema
-        for parameter in schema["paths"]["/predict"]["post"].get("parameters", []):
-            if parameter["name"] == "top_k":
-                parameter["schema"]["maximum"] = len(classifier.labels)
+        classifier = repository.get().classifier
+        for path in ("/predict", "/explain"):
+            for parameter in schema["paths"].get(path, {}).get("post", {}).get("parameters", []):
+                if parameter["name"] == "top_k":
+                    parameter["schema"]["maximum"] = len(classifier.labels)
         app.openapi_schema = schema
         return schema
 

@@ -6,7 +6,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class PredictForm(BaseModel):
-    """The multipart body of POST /predict (documented here; parsed by `app.uploads`)."""
+    """The multipart body of POST /predict and /explain (documented here; parsed by
+    `app.uploads`)."""
 
     # bytes is `format: binary` in the schema: Swagger UI shows a file picker per item.
     files: list[bytes] = Field(description="One or more images: JPEG, PNG, WebP, GIF, BMP or TIFF.")
@@ -66,10 +67,45 @@ class PredictResponse(BaseModel):
     predictions: list[Prediction] = Field(description="One result per uploaded file, in order.")
 
 
+class Explanation(Prediction):
+    """One image's prediction, the picture the model classified, and where it looked."""
+
+    input_png: str = Field(
+        description="The model input exactly as classified (32x32 RGB after decoding and "
+        "resizing), as a `data:image/png;base64,` URL.",
+        examples=["data:image/png;base64,iVBORw0KGgo..."],
+    )
+    sensitivity: list[list[float]] = Field(
+        description="Rows x columns of square positions, row by row from the top left: "
+        "`confidence` minus the probability of `label` with the square at that position "
+        "greyed out. Between -1 and 1; the largest value marks the region that mattered most, "
+        "a negative one a region that argued against `label`.",
+        examples=[[[0.01, 0.2], [0.0, -0.03]]],
+    )
+    heatmap_png: str | None = Field(
+        None,
+        description="With `heatmap=true`: the input upscaled 8x with nearest-neighbour and the "
+        "map drawn over it (red: hiding it lowered `label`, blue: raised it; relative to this "
+        "image's largest change), as a `data:image/png;base64,` URL.",
+    )
+
+
+class ExplainResponse(BaseModel):
+    model: str = Field(description="Name of the model that answered.")
+    version: int = Field(description="Version of the model that answered.")
+    patch: int = Field(description="Side of the grey square, in model-input pixels.", examples=[8])
+    stride: int = Field(description="Step between square positions, in pixels.", examples=[4])
+    fill: int = Field(description="Grey level of the square in every channel.", examples=[128])
+    explanations: list[Explanation] = Field(description="One per uploaded file, in order.")
+
+
 class HealthResponse(BaseModel):
     status: str = Field(examples=["ok"])
     model: str = Field(examples=["cifar10"])
-    version: int = Field(examples=[1])
+    version: int = Field(examples=[2], description="The default version: the one /predict uses.")
+    versions: list[int] = Field(examples=[[2, 1]], description="Every loaded version.")
+    backend: str = Field(examples=["openvino"], description="The runtime computing the model.")
+    precision: str = Field(examples=["f32"], description="What the runtime computes in.")
     labels: list[str]
 
 
@@ -87,6 +123,13 @@ class ModelInfo(BaseModel):
     labels: list[str]
     input: dict[str, Any]
     metrics: dict[str, Any] = Field(default_factory=dict)
+    loaded_versions: list[int] = Field(
+        description="Every version being served, highest first; `?version=` picks one."
+    )
+    runtime: dict[str, Any] = Field(
+        description="How this process runs the version: `backend`, `precision`, and the "
+        "golden-set check made at load (`golden`: null when the version has none)."
+    )
 
 
 class ErrorDetail(BaseModel):

@@ -13,11 +13,18 @@ router = APIRouter(prefix="/health", tags=["health"])
 async def ready(request: Request) -> HealthResponse | JSONResponse:
     """200 once the model is loaded and warmed up and the process is not draining; else 503."""
     state = request.app.state
-    if not getattr(state, "ready", False):
+    repository = getattr(state, "repository", None)
+    if not getattr(state, "ready", False) or not repository.versions:
         return error_response(503, "not_ready", "the model is loading or the service is draining")
-    classifier = state.classifier
+    classifier = repository.get().classifier
     return HealthResponse(
-        status="ok", model=classifier.name, version=classifier.version, labels=classifier.labels
+        status="ok",
+        model=classifier.name,
+        version=classifier.version,
+        versions=repository.versions,
+        backend=classifier.backend,
+        precision=classifier.precision,
+        labels=classifier.labels,
     )
 
 

@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 from fastapi import FastAPI
 
+from app.batcher import Batcher
 from app.main import create_app
 from app.model import Classifier
 from app.preprocessing import decode_image
@@ -107,7 +108,10 @@ async def test_full_queue_answers_503_with_retry_after(tiny_model_dir, gated) ->
         first = asyncio.ensure_future(client.post("/predict", files=batch))
         await asyncio.to_thread(gated.started.wait, 30)  # the one worker is busy
         queued = asyncio.ensure_future(client.post("/predict", files=batch))
-        await until(lambda: app.state.batcher.queued_images == 64, "the second never queued")
+        await until(
+            lambda: app.state.repository.get().batcher.queued_images == 64,
+            "the second never queued",
+        )
 
         refused = await client.post("/predict", files=upload(image_bytes()))
         gated.release.set()
@@ -149,8 +153,8 @@ async def test_shutdown_answers_requests_still_waiting(tiny_model_dir, gated) ->
     app = create_app(Settings(model_dir=tiny_model_dir, inference_workers=1))
     transport = httpx.ASGITransport(app=app)
 
-    async def release_once_stopping() -> None:
-        await until(lambda: app.state.batcher.closed, "the lifespan never stopped the batcher")
+    async def release_once_stopping(batcher: Batcher) -> None:
+        await until(lambda: batcher.closed, "the lifespan never stopped the batcher")
         gated.release.set()
 
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
@@ -161,7 +165,8 @@ async def test_shutdown_answers_requests_still_waiting(tiny_model_dir, gated) ->
                 for i in range(3)
             ]
             await asyncio.to_thread(gated.started.wait, 30)
-            releaser = asyncio.ensure_future(release_once_stopping())
+            batcher = app.state.repository.get().batcher
+            releaser = asyncio.ensure_future(release_once_stopping(batcher))
         # the lifespan has exited: the batcher drained before stopping
         responses = await asyncio.gather(*requests)
         await releaser
@@ -172,7 +177,7 @@ async def test_shutdown_answers_requests_still_waiting(tiny_model_dir, gated) ->
 async def test_a_request_after_the_batcher_stopped_gets_503_shutting_down(tiny_model_dir) -> None:
     app = create_app(Settings(model_dir=tiny_model_dir))
     async with running(app) as client:
-        await app.state.batcher.stop()  # what the lifespan does on shutdown
+        await app.state.repository.get().batcher.stop()  # what the lifespan does on shutdown
         response = await client.post("/predict", files=upload(image_bytes()))
 
     assert response.status_code == 503

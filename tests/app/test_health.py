@@ -8,11 +8,20 @@ from app.settings import Settings
 from tests.conftest import LABELS
 
 
-def test_health_reports_the_loaded_model(client) -> None:
+def test_health_reports_the_loaded_model(make_client) -> None:
+    client = make_client(inference_backend="openvino", inference_precision="f32")
     response = client.get("/health")
 
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "model": "cifar10", "version": 1, "labels": LABELS}
+    assert response.json() == {
+        "status": "ok",
+        "model": "cifar10",
+        "version": 1,
+        "versions": [1],
+        "backend": "openvino",
+        "precision": "f32",
+        "labels": LABELS,
+    }
 
 
 def test_live_answers(client) -> None:
@@ -25,6 +34,17 @@ def test_model_endpoint_returns_metadata(client) -> None:
     assert body["labels"] == LABELS
     assert body["input"] == {"height": 32, "width": 32, "channels": 3, "dtype": "uint8"}
     assert "metrics" in body and "versions" in body
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "openvino"])
+def test_health_and_model_say_how_the_version_runs(make_client, backend: str) -> None:
+    client = make_client(inference_backend=backend, inference_precision="f32")
+
+    health = client.get("/health").json()
+    runtime = client.get("/model").json()["runtime"]
+
+    assert (health["backend"], health["precision"]) == (backend, "f32")
+    assert runtime["backend"] == backend and runtime["precision"] == "f32"
 
 
 @pytest.mark.anyio

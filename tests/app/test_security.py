@@ -67,5 +67,9 @@ def test_metrics_count_requests_and_images(client) -> None:
     assert 'http_requests_total{method="POST",route="/predict",status="400"} 1.0' in text
     assert "images_classified_total 2.0" in text
     assert "inference_batch_size_images_count 1.0" in text
-    assert 'model_info{name="cifar10",version="1"} 1.0' in text
+    health = client.get("/health").json()
+    assert (
+        f'model_info{{backend="{health["backend"]}",name="cifar10",'
+        f'precision="{health["precision"]}",version="1"}} 1.0'
+    ) in text
     assert "batch_queue_images 0.0" in text
