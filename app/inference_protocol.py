@@ -1,0 +1,252 @@
+"""The Open Inference Protocol (KServe V2) on the wire: its JSON shapes and tensor encodings.
+
+Requests are JSON, or JSON followed by raw tensor bytes (the binary tensor data extension: the
+`Inference-Header-Content-Length` header says where the JSON ends). Nothing here knows about
+models or HTTP; a bad request raises `ProtocolError` with the status the client should get.
+https://kserve.github.io/website/latest/modelserving/data_plane/v2_protocol/
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field, ValidationError
+
+HEADER_LENGTH = "inference-header-content-length"
+BINARY_CONTENT_TYPE = "application/octet-stream"
+
+# The protocol's datatypes this service reads or writes, as NumPy dtypes.
+DTYPES: dict[str, np.dtype] = {
+    "UINT8": np.dtype(np.uint8),
+    "FP32": np.dtype("<f4"),
+}
+
+
+class ProtocolError(Exception):
+    """A request the protocol cannot accept; answered as `{"error": message}` with `status`."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str = Field(examples=["UINT8"])
+    shape: list[int] = Field(examples=[[-1, 32, 32, 3]])
+
+
+class ModelMetadata(BaseModel):
+    name: str = Field(examples=["cifar10"])
+    versions: list[str] = Field(examples=[["2", "1"]])
+    platform: str = Field(examples=["tensorflow_savedmodel"])
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class RequestInput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    data: list[Any] | None = None
+
+
+class RequestOutput(BaseModel):
+    name: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class InferenceRequest(BaseModel):
+    """POST .../infer. `data` may be nested or flat, row-major; `binary_data_size` instead of
+    `data` says the tensor's bytes follow the JSON."""
+
+    id: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    inputs: list[RequestInput] = Field(min_length=1)
+    outputs: list[RequestOutput] | None = None
+
+
+class ResponseOutput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class InferenceResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[ResponseOutput]
+
+
+class LiveResponse(BaseModel):
+    live: bool
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+
+
+class ModelReadyResponse(BaseModel):
+    name: str
+    ready: bool
+
+
+def parse_request(body: bytes, header_length: str | None) -> tuple[InferenceRequest, list[bytes]]:
+    """The JSON part and, for each input in order, its raw bytes (b"" for JSON data)."""
+    if header_length is None:
+        header, binary = body, b""
+    else:
+        try:
+            size = int(header_length)
+        except ValueError:
+            raise ProtocolError(400, "Inference-Header-Content-Length is not an integer") from None
+        if not 0 < size <= len(body):
+            raise ProtocolError(
+                400,
+                f"Inference-Header-Content-Length is {size}, the body has {len(body)} bytes",
+            )
+        header, binary = body[:size], body[size:]
+    try:
+        request = InferenceRequest.model_validate_json(header)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        raise ProtocolError(400, f"invalid inference request: {where}: {first['msg']}") from None
+    chunks, offset = [], 0
+    for tensor in request.inputs:
+        size = tensor.parameters.get("binary_data_size")
+        if size is None:
+            chunks.append(b"")
+            continue
+        if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+            raise ProtocolError(
+                400, f"input '{tensor.name}': binary_data_size {size} overruns the body"
+            )
+        chunks.append(binary[offset : offset + size])
+        offset += size
+    if offset != len(binary):
+        raise ProtocolError(400, f"{len(binary) - offset} bytes after the last binary input")
+    return request, chunks
+
+
+def decode_tensor(
+    tensor: RequestInput, raw: bytes, datatype: str, shape: Sequence[int]
+) -> np.ndarray:
+    """A numeric input as an array of `shape` (-1: any size), checked against the data sent."""
+    if tensor.datatype != datatype:
+        raise ProtocolError(400, f"input '{tensor.name}' must be {datatype}, not {tensor.datatype}")
+    dtype = DTYPES[datatype]
+    _check_shape(tensor, shape)
+    count = int(np.prod(tensor.shape))
+    if tensor.data is None:
+        if len(raw) != count * dtype.itemsize:
+            raise ProtocolError(
+                400,
+                f"input '{tensor.name}': {len(raw)} bytes for shape {tensor.shape} "
+                f"({count * dtype.itemsize} expected)",
+            )
+        return np.frombuffer(raw, dtype=dtype).reshape(tensor.shape)
+    try:
+        values = np.asarray(tensor.data, dtype=np.float64).reshape(-1)
+    except (ValueError, TypeError):
+        raise ProtocolError(400, f"input '{tensor.name}': data is not a list of numbers") from None
+    if values.size != count:
+        raise ProtocolError(
+            400, f"input '{tensor.name}': {values.size} values for shape {tensor.shape}"
+        )
+    info = np.iinfo(dtype) if dtype.kind == "u" else None
+    if info is not None and (
+        np.any(values != np.round(values)) or values.min() < info.min or values.max() > info.max
+    ):
+        raise ProtocolError(
+            400, f"input '{tensor.name}': {tensor.datatype} values are integers 0..{info.max}"
+        )
+    return values.astype(dtype).reshape(tensor.shape)
+
+
+def decode_bytes(tensor: RequestInput, raw: bytes) -> list[bytes]:
+    """A BYTES input: each element is 4-byte little-endian length then the bytes."""
+    if tensor.data is not None:
+        raise ProtocolError(
+            400,
+            f"input '{tensor.name}': send BYTES (encoded image files) as binary data "
+            "(binary_data_size), not as JSON strings",
+        )
+    items, offset = [], 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise ProtocolError(400, f"input '{tensor.name}': truncated BYTES element")
+        (size,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + size > len(raw):
+            raise ProtocolError(400, f"input '{tensor.name}': truncated BYTES element")
+        items.append(raw[offset : offset + size])
+        offset += size
+    if len(items) != int(np.prod(tensor.shape)):
+        raise ProtocolError(
+            400, f"input '{tensor.name}': {len(items)} elements for shape {tensor.shape}"
+        )
+    return items
+
+
+def encode_bytes(items: Sequence[bytes]) -> bytes:
+    return b"".join(struct.pack("<I", len(item)) + item for item in items)
+
+
+def _check_shape(tensor: RequestInput, shape: Sequence[int]) -> None:
+    expected = list(shape)
+    ok = len(tensor.shape) == len(expected) and all(
+        (want == -1 and got >= 1) or got == want
+        for got, want in zip(tensor.shape, expected, strict=True)
+    )
+    if not ok:
+        raise ProtocolError(
+            400, f"input '{tensor.name}' has shape {tensor.shape}; the model takes {expected}"
+        )
+
+
+def encode_response(
+    response: InferenceResponse, tensors: dict[str, tuple[np.ndarray | list[bytes], bool]]
+) -> tuple[bytes, int | None]:
+    """Fill the outputs' data (JSON) or append their bytes (binary); returns the body and, when
+    anything is binary, the JSON header's length."""
+    binary: list[bytes] = []
+    for output in response.outputs:
+        value, as_binary = tensors[output.name]
+        if as_binary:
+            raw = encode_bytes(value) if output.datatype == "BYTES" else value.tobytes()  # type: ignore[union-attr, arg-type]
+            output.parameters = {**(output.parameters or {}), "binary_data_size": len(raw)}
+            binary.append(raw)
+        elif output.datatype == "BYTES":
+            output.data = [item.decode() for item in value]  # type: ignore[union-attr]
+        else:
+            output.data = value.reshape(-1).tolist()  # type: ignore[union-attr]
+    header = response.model_dump_json(exclude_none=True).encode()
+    if not binary:
+        return header, None
+    return header + b"".join(binary), len(header)
+
+
+def wants_binary(request: InferenceRequest, output: RequestOutput | None) -> bool:
+    if output is not None and "binary_data" in output.parameters:
+        return bool(output.parameters["binary_data"])
+    return bool(request.parameters.get("binary_data_output", False))
+
+
+def error_body(message: str) -> bytes:
+    return json.dumps({"error": message}).encode()

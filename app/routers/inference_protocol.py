@@ -1,0 +1,342 @@
+"""The Open Inference Protocol (KServe V2) over HTTP, beside /predict: what Triton, KServe,
+Seldon and OpenVINO Model Server speak, so `tritonclient` and the `kserve` SDK work unchanged.
+
+Tensors go through the same batcher as /predict; encoded image files (a BYTES input) go through
+the same decoding. Errors are the protocol's `{"error": "..."}` (see app.errors).
+"""
+
+import asyncio
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Path, Request, Response
+from fastapi.responses import JSONResponse
+
+from app import inference_protocol as oip
+from app import openapi, serving
+from app.deps import DecodePoolDep, SettingsDep
+from app.errors import ApiError
+from app.inference_protocol import (
+    InferenceRequest,
+    InferenceResponse,
+    ModelMetadata,
+    ModelReadyResponse,
+    ProtocolError,
+    ReadyResponse,
+    RequestOutput,
+    ResponseOutput,
+    ServerMetadata,
+    TensorMetadata,
+)
+from app.model import Classifier
+from app.repository import ModelRepository, ServedVersion, VersionNotFound
+from app.settings import Settings
+from app.uploads import Upload
+
+router = APIRouter(prefix="/v2", tags=["open inference protocol"])
+# Health and server metadata stay open when an API key guards the rest, as /health does.
+health_router = APIRouter(prefix="/v2", tags=["open inference protocol"])
+
+INPUT = "images"
+OUTPUT = "probabilities"
+EXTENSIONS = ["binary_tensor_data", "classification", "model_repository"]
+ModelName = Annotated[str, Path(description="The served model's name, e.g. `cifar10`.")]
+Version = Annotated[str, Path(description="An integer version that is loaded.")]
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {
+        "description": description,
+        "content": {"application/json": {"example": {"error": example}}},
+    }
+    for status, description, example in (
+        (400, "A malformed request, or a shape, datatype or value the model does not take.",
+         "input 'images' has shape [1, 28, 28, 3]; the model takes [-1, 32, 32, 3]"),
+        (403, "The repository API without API_KEY set.", "set API_KEY to use the repository API"),
+        (404, "No such model or version.", "version 7 of model 'cifar10' is not loaded"),
+        (413, "More images than MAX_IMAGES_PER_REQUEST, or a body over MAX_UPLOAD_BYTES.",
+         "65 images in one request; the limit is 64 (MAX_IMAGES_PER_REQUEST)"),
+        (503, "Not ready, draining, or the queue is full.", "too many images are waiting"),
+    )
+}  # fmt: skip
+
+
+# The body is parsed by hand (it may end in raw bytes); its JSON part is documented from the
+# pydantic model, whose nested models go into the document's components (see app.openapi).
+_REQUEST = InferenceRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+SCHEMAS = _REQUEST.pop("$defs") | {"InferenceRequest": _REQUEST}
+INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
+            oip.BINARY_CONTENT_TYPE: {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "The JSON part, then the tensors' bytes; the header "
+                "Inference-Header-Content-Length says where the JSON ends.",
+            },
+        },
+    }
+}
+
+
+def _repository(request: Request) -> ModelRepository:
+    repository: ModelRepository | None = getattr(request.app.state, "repository", None)
+    if repository is None or not repository.versions:
+        raise ApiError(503, "not_ready", "the model is not loaded yet")
+    return repository
+
+
+@contextmanager
+def _hold(repository: ModelRepository, name: str, version: str | None) -> Iterator[ServedVersion]:
+    """The named version (default: the highest loaded), held for this request."""
+    _check_name(repository, name)
+    if version is not None and not version.isdigit():
+        raise ApiError(404, "not_found", f"version '{version}' is not an integer")
+    try:
+        served = repository.acquire(None if version is None else int(version))
+    except VersionNotFound as exc:
+        raise ApiError(
+            404, "version_not_found", f"version {exc.version} of model '{name}' is not loaded"
+        ) from None
+    try:
+        yield served
+    finally:
+        repository.release(served)
+
+
+@health_router.get("", response_model=ServerMetadata)
+async def server_metadata() -> ServerMetadata:
+    return ServerMetadata(
+        name="cifar10-service", version=openapi.package_version(), extensions=EXTENSIONS
+    )
+
+
+@health_router.get("/health/live", response_model=oip.LiveResponse)
+async def server_live() -> oip.LiveResponse:
+    return oip.LiveResponse(live=True)
+
+
+@health_router.get(
+    "/health/ready", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}}
+)
+async def server_ready(request: Request) -> ReadyResponse | JSONResponse:
+    """200 when a model version is loaded and the process is not draining; else 503."""
+    repository = getattr(request.app.state, "repository", None)
+    if getattr(request.app.state, "ready", False) and repository.versions:
+        return ReadyResponse(ready=True)
+    return JSONResponse({"ready": False}, status_code=503)
+
+
+@router.get("/models/{name}", response_model=ModelMetadata, responses=ERRORS)
+@router.get("/models/{name}/versions/{version}", response_model=ModelMetadata, responses=ERRORS)
+async def model_metadata(
+    request: Request, name: ModelName, version: Version | None = None
+) -> ModelMetadata:
+    repository = _repository(request)
+    with _hold(repository, name, version) as served:
+        return _metadata(served.classifier, repository)
+
+
+@router.get("/models/{name}/ready", response_model=ModelReadyResponse, responses=ERRORS)
+@router.get(
+    "/models/{name}/versions/{version}/ready", response_model=ModelReadyResponse, responses=ERRORS
+)
+async def model_ready(
+    request: Request, name: ModelName, version: Version | None = None
+) -> ModelReadyResponse:
+    """200 when that version is loaded (default: any); 404 when it is not."""
+    with _hold(_repository(request), name, version):
+        return ModelReadyResponse(name=name, ready=True)
+
+
+@router.post(
+    "/models/{name}/infer",
+    response_model=InferenceResponse,
+    responses=ERRORS,
+    openapi_extra=INFER_BODY,
+)
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    response_model=InferenceResponse,
+    responses=ERRORS,
+    openapi_extra=INFER_BODY,
+)
+async def infer(
+    request: Request,
+    name: ModelName,
+    settings: SettingsDep,
+    decode_pool: DecodePoolDep,
+    version: Version | None = None,
+) -> Response:
+    """Classify a UINT8 tensor `images` [N, 32, 32, 3], or encoded image files as a BYTES
+    tensor `images` [N] (binary data). JSON or the binary tensor data extension, both ways."""
+    deadline = _now() + settings.request_timeout_s
+    if request.headers.get("content-encoding", "identity") != "identity":
+        raise ApiError(415, "unsupported_media_type", "compressed requests are not accepted")
+    body = await request.body()
+    with _protocol_errors():
+        parsed, chunks = oip.parse_request(body, request.headers.get(oip.HEADER_LENGTH))
+    with _hold(_repository(request), name, version) as served:
+        classifier, batcher = served.classifier, served.batcher
+        outputs = _requested_outputs(parsed, len(classifier.labels))
+        with batcher.incoming():
+            images = await _input_images(parsed, chunks, classifier, settings, decode_pool)
+            request.state.images = len(images)
+            future = serving.submit(batcher, images)
+        probabilities = await serving.wait_for_result(
+            request, future, deadline - _now(), settings.request_timeout_s
+        )
+        response = InferenceResponse(
+            model_name=classifier.name,
+            model_version=str(classifier.version),
+            id=parsed.id,
+            outputs=[],
+        )
+        tensors: dict[str, tuple[np.ndarray | list[bytes], bool]] = {}
+        for requested in outputs:
+            count = requested.parameters.get("classification")
+            if count:
+                value: np.ndarray | list[bytes] = _classification(
+                    probabilities, classifier.labels, int(count)
+                )
+                shape, datatype = [len(images), int(count)], "BYTES"
+            else:
+                value, shape, datatype = probabilities, list(probabilities.shape), "FP32"
+            response.outputs.append(ResponseOutput(name=OUTPUT, shape=shape, datatype=datatype))
+            tensors[OUTPUT] = (value, oip.wants_binary(parsed, requested))
+    body, header_length = oip.encode_response(response, tensors)
+    if header_length is None:
+        return Response(body, media_type="application/json")
+    return Response(
+        body,
+        media_type=oip.BINARY_CONTENT_TYPE,
+        headers={"Inference-Header-Content-Length": str(header_length)},
+    )
+
+
+@router.post("/repository/models/{name}/load", responses=ERRORS)
+async def load_model(request: Request, name: ModelName) -> JSONResponse:
+    """Look at the model folder now (as a poll does): load new versions, unload removed ones.
+    For deployments with MODEL_POLL_S=0; needs API_KEY set, and the key."""
+    repository = _controlled(request, name)
+    await repository.poll()
+    if not repository.versions:
+        raise ApiError(503, "not_ready", f"no version of '{name}' could be loaded")
+    return JSONResponse({})
+
+
+@router.post("/repository/models/{name}/unload", responses=ERRORS)
+async def unload_model(request: Request, name: ModelName) -> JSONResponse:
+    """Stop serving every version (in-flight requests finish first); /health turns 503 until
+    a load, or the next poll when MODEL_POLL_S > 0."""
+    repository = _controlled(request, name)
+    await repository.unload()
+    return JSONResponse({})
+
+
+def _check_name(repository: ModelRepository, name: str) -> None:
+    if name != repository.name:
+        raise ApiError(
+            404, "not_found", f"unknown model '{name}'; this server has '{repository.name}'"
+        )
+
+
+def _controlled(request: Request, name: str) -> ModelRepository:
+    """The repository, for the control calls: only where an API key guards them."""
+    if request.app.state.settings.api_key is None:
+        raise ApiError(403, "forbidden", "set API_KEY to use the repository API")
+    repository: ModelRepository = request.app.state.repository
+    _check_name(repository, name)
+    return repository
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+@contextmanager
+def _protocol_errors() -> Iterator[None]:
+    try:
+        yield
+    except ProtocolError as exc:
+        raise ApiError(exc.status, "invalid_inference_request", exc.message) from None
+
+
+def _requested_outputs(request: InferenceRequest, labels: int) -> list[RequestOutput]:
+    """The outputs asked for (default: probabilities), each checked."""
+    outputs = request.outputs or [RequestOutput(name=OUTPUT)]
+    if len(outputs) > 1 or outputs[0].name != OUTPUT:
+        names = [output.name for output in outputs]
+        raise ApiError(
+            400, "invalid_inference_request", f"outputs {names}: the model has one, '{OUTPUT}'"
+        )
+    count = outputs[0].parameters.get("classification", 0)
+    if not isinstance(count, int) or not 0 <= count <= labels:
+        raise ApiError(
+            400, "invalid_inference_request", f"classification must be an integer 0..{labels}"
+        )
+    return outputs
+
+
+async def _input_images(
+    request: InferenceRequest,
+    chunks: list[bytes],
+    classifier: Classifier,
+    settings: Settings,
+    decode_pool: ThreadPoolExecutor,
+) -> np.ndarray:
+    """The one input as model-ready uint8 images: a UINT8 tensor as sent, or BYTES decoded."""
+    if len(request.inputs) != 1 or request.inputs[0].name != INPUT:
+        names = [tensor.name for tensor in request.inputs]
+        raise ApiError(
+            400, "invalid_inference_request", f"inputs {names}: the model takes one, '{INPUT}'"
+        )
+    tensor, raw = request.inputs[0], chunks[0]
+    limit = settings.max_images_per_request
+    count = tensor.shape[0] if tensor.shape else 0
+    if count > limit:
+        raise ApiError(
+            413,
+            "too_many_parts",
+            f"{count} images in one request; the limit is {limit} (MAX_IMAGES_PER_REQUEST)",
+        )
+    with _protocol_errors():
+        if tensor.datatype != "BYTES":
+            return oip.decode_tensor(
+                tensor, raw, "UINT8", [-1, classifier.height, classifier.width, 3]
+            )
+        if len(tensor.shape) not in (1, 2) or tensor.shape[1:] not in ([], [1]):
+            raise ProtocolError(400, f"input '{INPUT}' BYTES has shape {tensor.shape}, not [N]")
+        files = oip.decode_bytes(tensor, raw)
+    uploads = [Upload(filename=f"{INPUT}[{i}]", data=data) for i, data in enumerate(files)]
+    names = serving.filenames(uploads)
+    return await serving.decode_all(
+        uploads, names, classifier, settings.max_image_pixels, decode_pool
+    )
+
+
+def _classification(probabilities: np.ndarray, labels: tuple[str, ...], k: int) -> list[bytes]:
+    """Triton's classification extension: per image the k best as "probability:index:label"."""
+    best = np.argsort(-probabilities, axis=1)[:, :k]
+    return [
+        f"{row[i]:f}:{i}:{labels[i]}".encode()
+        for row, indices in zip(probabilities, best, strict=True)
+        for i in indices
+    ]
+
+
+def _metadata(classifier: Classifier, repository: ModelRepository) -> ModelMetadata:
+    backend = getattr(classifier, "backend", "tensorflow")
+    return ModelMetadata(
+        name=classifier.name,
+        versions=[str(v) for v in repository.versions],
+        platform="tensorflow_savedmodel" if backend == "tensorflow" else f"{backend}_savedmodel",
+        inputs=[
+            TensorMetadata(
+                name=INPUT, datatype="UINT8", shape=[-1, classifier.height, classifier.width, 3]
+            )
+        ],
+        outputs=[TensorMetadata(name=OUTPUT, datatype="FP32", shape=[-1, len(classifier.labels)])],
+    )
