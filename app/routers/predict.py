@@ -1,15 +1,11 @@
 """POST /predict: uploads -> preprocessing -> batcher -> model -> response schema."""
 
 import asyncio
-import functools
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated
 
-import numpy as np
 from fastapi import APIRouter, Query, Request
 
-from app.batcher import BatcherClosed, QueueFull
+from app import serving
 from app.deps import (
     BatcherDep,
     ClassifierDep,
@@ -17,19 +13,8 @@ from app.deps import (
     SettingsDep,
     UploadsDep,
 )
-from app.errors import ApiError, error_responses
-from app.model import Classifier
-from app.preprocessing import (
-    CorruptImage,
-    EmptyImage,
-    ImageRejected,
-    ImageTooLarge,
-    UnsupportedImage,
-    open_image,
-    to_model_input,
-)
-from app.schemas import LabelProbability, PredictForm, Prediction, PredictResponse
-from app.uploads import Upload
+from app.errors import error_responses
+from app.schemas import PredictForm, PredictResponse
 
 router = APIRouter(tags=["predict"])
 
@@ -46,21 +31,12 @@ PREDICT_ERRORS = (
     "unsupported_format",
     "invalid_request",
     "missing_files",
+    "version_not_found",
     "not_ready",
     "overloaded",
     "shutting_down",
     "timeout",
 )
-
-# Images up to this many pixels decode on the event loop: handing them to a thread costs more.
-INLINE_DECODE_PIXELS = 256 * 256
-MAX_FILENAME_CHARS = 255
-_REJECTION_STATUS: dict[type[ImageRejected], int] = {
-    EmptyImage: 400,
-    CorruptImage: 400,
-    UnsupportedImage: 415,
-    ImageTooLarge: 413,
-}
 
 
 @router.post(
@@ -92,106 +68,22 @@ async def predict(
     """Classify uploaded images; all images of one request go through the model as one batch."""
     deadline = asyncio.get_running_loop().time() + settings.request_timeout_s
     request.state.images = len(files)
-    labels = len(classifier.labels)
-    if top_k is not None and not 1 <= top_k <= labels:
-        raise ApiError(422, "invalid_request", f"top_k must be between 1 and {labels}")
-    k = top_k or min(settings.default_top_k, labels)
-    names = [upload.filename[:MAX_FILENAME_CHARS] for upload in files]
+    k = serving.resolve_top_k(top_k, len(classifier.labels), settings.default_top_k)
+    names = serving.filenames(files)
     with batcher.incoming():
-        images = await _decode_all(files, names, classifier, settings.max_image_pixels, decode_pool)
-        try:
-            future = batcher.submit(images)
-        except QueueFull:
-            raise ApiError(
-                503,
-                "overloaded",
-                "too many images are waiting; retry shortly",
-                headers={"Retry-After": "1"},
-            ) from None
-        except BatcherClosed:
-            raise ApiError(
-                503, "shutting_down", "the service is shutting down", headers={"Retry-After": "1"}
-            ) from None
+        images = await serving.decode_all(
+            files, names, classifier, settings.max_image_pixels, decode_pool
+        )
+        future = serving.submit(batcher, images)
     remaining = deadline - asyncio.get_running_loop().time()
-    probabilities = await _wait_for_result(request, future, remaining, settings.request_timeout_s)
+    probabilities = await serving.wait_for_result(
+        request, future, remaining, settings.request_timeout_s
+    )
     return PredictResponse(
         model=classifier.name,
         version=classifier.version,
         predictions=[
-            _prediction(name, row, classifier.labels, k)
+            serving.prediction(name, row, classifier.labels, k)
             for name, row in zip(names, probabilities, strict=True)
         ],
-    )
-
-
-async def _decode_all(
-    files: Sequence[Upload],
-    names: Sequence[str],
-    classifier: Classifier,
-    max_pixels: int,
-    pool: ThreadPoolExecutor,
-) -> np.ndarray:
-    """Decode every upload (large ones in the pool); the first bad file fails the request."""
-    decodes = [_decode_one(upload, classifier, max_pixels, pool) for upload in files]
-    if len(decodes) == 1:  # the common case: no task to create
-        results: list[np.ndarray | BaseException] = []
-        try:
-            results.append(await decodes[0])
-        except Exception as exc:
-            results.append(exc)
-    else:
-        results = await asyncio.gather(*decodes, return_exceptions=True)
-    for name, result in zip(names, results, strict=True):
-        if isinstance(result, ImageRejected):
-            status = _REJECTION_STATUS.get(type(result), 400)
-            raise ApiError(status, result.code, f"{name or 'file'}: {result}", file=name)
-        if isinstance(result, BaseException):
-            raise result
-    return np.stack(results)  # type: ignore[arg-type]
-
-
-async def _decode_one(
-    upload: Upload, classifier: Classifier, max_pixels: int, pool: ThreadPoolExecutor
-) -> np.ndarray:
-    image = open_image(upload.data, max_pixels=max_pixels)
-    decode = functools.partial(to_model_input, image, size=classifier.height)
-    if image.width * image.height <= INLINE_DECODE_PIXELS:
-        return decode()
-    return await asyncio.get_running_loop().run_in_executor(pool, decode)
-
-
-async def _wait_for_result(
-    request: Request, future: asyncio.Future[np.ndarray], timeout_s: float, limit_s: float
-) -> np.ndarray:
-    """Await the batcher, giving up on timeout (504) or when the client goes away."""
-    gone = asyncio.ensure_future(_client_disconnected(request))
-    try:
-        done, _ = await asyncio.wait(
-            {future, gone}, timeout=max(timeout_s, 0), return_when=asyncio.FIRST_COMPLETED
-        )
-    finally:
-        gone.cancel()
-    if future in done:
-        return future.result()
-    future.cancel()  # a request whose batch has not started is dropped before inference
-    if gone in done:
-        raise ApiError(499, "client_closed_request", "the client closed the connection")
-    raise ApiError(504, "timeout", f"no answer within REQUEST_TIMEOUT_S ({limit_s:g} s)")
-
-
-async def _client_disconnected(request: Request) -> None:
-    """Returns when the client disconnects; the body has been read, so nothing else arrives."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-def _prediction(name: str, row: np.ndarray, labels: Sequence[str], k: int) -> Prediction:
-    order = np.argsort(row)[::-1]
-    best = int(order[0])
-    return Prediction(
-        filename=name,
-        label=labels[best],
-        confidence=float(row[best]),
-        top_k=[LabelProbability(label=labels[i], probability=float(row[i])) for i in order[:k]],
-        probabilities={label: float(p) for label, p in zip(labels, row, strict=True)},
     )

@@ -103,7 +103,7 @@ def test_large_images_decode_in_the_pool_small_ones_inline(
 ) -> None:
     """Images over 256x256 pixels decode on the decode threads, off the event loop; a spy
     records the thread and calls the real function."""
-    from app.routers import predict as route
+    from app import serving as route  # the decode step /predict and /explain share
 
     threads: list[str] = []
     real = route.to_model_input

@@ -1,0 +1,141 @@
+"""The steps every inference route shares: uploads -> model input -> batcher -> probabilities.
+
+/predict and /explain both go through here, so an upload is decoded, refused and answered the
+same way whichever route it was sent to.
+"""
+
+import asyncio
+import functools
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from fastapi import Request
+
+from app.batcher import Batcher, BatcherClosed, QueueFull
+from app.errors import ApiError
+from app.model import Classifier
+from app.preprocessing import (
+    CorruptImage,
+    EmptyImage,
+    ImageRejected,
+    ImageTooLarge,
+    UnsupportedImage,
+    open_image,
+    to_model_input,
+)
+from app.schemas import LabelProbability, Prediction
+from app.uploads import Upload
+
+# Images up to this many pixels decode on the event loop: handing them to a thread costs more.
+INLINE_DECODE_PIXELS = 256 * 256
+MAX_FILENAME_CHARS = 255
+_REJECTION_STATUS: dict[type[ImageRejected], int] = {
+    EmptyImage: 400,
+    CorruptImage: 400,
+    UnsupportedImage: 415,
+    ImageTooLarge: 413,
+}
+
+
+def filenames(files: Sequence[Upload]) -> list[str]:
+    """The names answers and errors carry: as sent, cut to MAX_FILENAME_CHARS."""
+    return [upload.filename[:MAX_FILENAME_CHARS] for upload in files]
+
+
+def resolve_top_k(top_k: int | None, labels: int, default: int) -> int:
+    """The query's `top_k` checked against the loaded model's labels, else the default."""
+    if top_k is not None and not 1 <= top_k <= labels:
+        raise ApiError(422, "invalid_request", f"top_k must be between 1 and {labels}")
+    return top_k or min(default, labels)
+
+
+async def decode_all(
+    files: Sequence[Upload],
+    names: Sequence[str],
+    classifier: Classifier,
+    max_pixels: int,
+    pool: ThreadPoolExecutor,
+) -> np.ndarray:
+    """Decode every upload (large ones in the pool); the first bad file fails the request."""
+    decodes = [_decode_one(upload, classifier, max_pixels, pool) for upload in files]
+    if len(decodes) == 1:  # the common case: no task to create
+        results: list[np.ndarray | BaseException] = []
+        try:
+            results.append(await decodes[0])
+        except Exception as exc:
+            results.append(exc)
+    else:
+        results = await asyncio.gather(*decodes, return_exceptions=True)
+    for name, result in zip(names, results, strict=True):
+        if isinstance(result, ImageRejected):
+            status = _REJECTION_STATUS.get(type(result), 400)
+            raise ApiError(status, result.code, f"{name or 'file'}: {result}", file=name)
+        if isinstance(result, BaseException):
+            raise result
+    return np.stack(results)  # type: ignore[arg-type]
+
+
+async def _decode_one(
+    upload: Upload, classifier: Classifier, max_pixels: int, pool: ThreadPoolExecutor
+) -> np.ndarray:
+    image = open_image(upload.data, max_pixels=max_pixels)
+    decode = functools.partial(to_model_input, image, size=classifier.height)
+    if image.width * image.height <= INLINE_DECODE_PIXELS:
+        return decode()
+    return await asyncio.get_running_loop().run_in_executor(pool, decode)
+
+
+def submit(batcher: Batcher, images: np.ndarray) -> asyncio.Future[np.ndarray]:
+    """Queue the images as one request; a full queue or a draining batcher is a 503."""
+    try:
+        return batcher.submit(images)
+    except QueueFull:
+        raise ApiError(
+            503,
+            "overloaded",
+            "too many images are waiting; retry shortly",
+            headers={"Retry-After": "1"},
+        ) from None
+    except BatcherClosed:
+        raise ApiError(
+            503, "shutting_down", "the service is shutting down", headers={"Retry-After": "1"}
+        ) from None
+
+
+async def wait_for_result(
+    request: Request, future: asyncio.Future[np.ndarray], timeout_s: float, limit_s: float
+) -> np.ndarray:
+    """Await the batcher, giving up on timeout (504) or when the client goes away."""
+    gone = asyncio.ensure_future(_client_disconnected(request))
+    try:
+        done, _ = await asyncio.wait(
+            {future, gone}, timeout=max(timeout_s, 0), return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        gone.cancel()
+    if future in done:
+        return future.result()
+    future.cancel()  # a request whose batch has not started is dropped before inference
+    if gone in done:
+        raise ApiError(499, "client_closed_request", "the client closed the connection")
+    raise ApiError(504, "timeout", f"no answer within REQUEST_TIMEOUT_S ({limit_s:g} s)")
+
+
+async def _client_disconnected(request: Request) -> None:
+    """Returns when the client disconnects; the body has been read, so nothing else arrives."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def prediction(name: str, row: np.ndarray, labels: Sequence[str], k: int) -> Prediction:
+    """One image's answer: the best label, the k best, and every label's probability."""
+    order = np.argsort(row)[::-1]
+    best = int(order[0])
+    return Prediction(
+        filename=name,
+        label=labels[best],
+        confidence=float(row[best]),
+        top_k=[LabelProbability(label=labels[i], probability=float(row[i])) for i in order[:k]],
+        probabilities={label: float(p) for label, p in zip(labels, row, strict=True)},
+    )
