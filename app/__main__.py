@@ -1,13 +1,21 @@
-"""`python -m app`: run the service with uvicorn, every option from the settings."""
+"""`python -m app`: run the service with uvicorn, every option from the settings.
 
+With WORKERS > 1 this process is the supervisor of that many workers (app.supervisor), each of
+them `python -m app` again, serving the socket it was handed.
+"""
+
+import os
 import signal
+import socket
 import sys
 from types import FrameType
 
 import uvicorn
 
 from app.connections import guarded_protocol
+from app.logs import configure_logging
 from app.settings import Settings, get_settings
+from app.supervisor import LISTEN_FD, supervise
 
 STARTUP_FAILURE = 3  # uvicorn's own exit code when the app fails to start
 
@@ -41,8 +49,13 @@ def make_config(settings: Settings) -> uvicorn.Config:
 
 
 def main() -> None:
-    server = Server(make_config(get_settings()))
-    server.run()
+    settings = get_settings()
+    inherited = os.environ.pop(LISTEN_FD, None)
+    if inherited is None and settings.processes > 1:
+        configure_logging(settings.log_level)
+        sys.exit(supervise(settings.processes, make_config(settings).bind_socket()))
+    server = Server(make_config(settings))
+    server.run(None if inherited is None else [socket.socket(fileno=int(inherited))])
     if not server.started:
         sys.exit(STARTUP_FAILURE)
 

@@ -58,6 +58,7 @@ class Batcher:
         max_queue_images: int,
         workers: int = 1,
         on_batch: Callable[[BatchStats], None] | None = None,
+        on_queue: Callable[[int], None] | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
@@ -75,6 +76,7 @@ class Batcher:
         self._max_delay_s = max_batch_delay_ms / 1000
         self._max_queue_images = max_queue_images
         self._on_batch = on_batch
+        self._on_queue = on_queue  # told each change of queued images (+ queued, - taken)
         self._queue: asyncio.Queue[_Request | None] = asyncio.Queue()
         self._queued_images = 0
         self._carry: _Request | None = None  # taken from the queue but did not fit the last batch
@@ -127,8 +129,13 @@ class Batcher:
             raise QueueFull(f"{self._queued_images} images are already waiting")
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Request(images, future))
-        self._queued_images += count
+        self._count_queued(count)
         return future
+
+    def _count_queued(self, change: int) -> None:
+        self._queued_images += change
+        if self._on_queue is not None:
+            self._on_queue(change)
 
     async def _run(self) -> None:
         """Form batches one at a time, each only when a worker is free to take it."""
@@ -153,7 +160,7 @@ class Batcher:
             first = await self._queue.get()
             if first is None:
                 return None
-            self._queued_images -= len(first.images)
+            self._count_queued(-len(first.images))
         batch, size = [first], len(first.images)
         deadline = first.arrived + self._max_delay_s
         while size < self._max_batch_size:
@@ -170,7 +177,7 @@ class Batcher:
             if request is None:  # stop: finish this batch, then end
                 self._queue.put_nowait(None)
                 break
-            self._queued_images -= len(request.images)
+            self._count_queued(-len(request.images))
             if size + len(request.images) > self._max_batch_size:
                 self._carry = request
                 break

@@ -20,13 +20,16 @@ def free_port() -> int:
 
 
 def start_server(model_dir: Path, port: int, **settings: str) -> subprocess.Popen:
-    """Start the service; `settings` are extra environment variables (upper-case names)."""
+    """Start the service; `settings` are extra environment variables (upper-case names).
+    One process unless `WORKERS` says otherwise: per-process limits and model repositories are
+    what most of these tests look at."""
     env = os.environ | {
         "MODEL_DIR": str(model_dir),
         "PORT": str(port),
         "HOST": "127.0.0.1",
         "LOG_LEVEL": "warning",
         "TF_CPP_MIN_LOG_LEVEL": "3",
+        "WORKERS": "1",
         **settings,
     }
     return subprocess.Popen([sys.executable, "-m", "app"], cwd=REPO, env=env)

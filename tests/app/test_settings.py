@@ -14,7 +14,7 @@ def test_thread_defaults_share_the_quota_between_workers(
 ) -> None:
     monkeypatch.setattr("app.settings.available_cpus", lambda: cpus)
 
-    settings = Settings()
+    settings = Settings(workers=1)
 
     assert settings.batch_workers == workers
     assert settings.tf_intra_op_threads == intra_op
@@ -29,3 +29,26 @@ def test_explicit_thread_settings_win(monkeypatch) -> None:
 
     assert (settings.batch_workers, settings.tf_intra_op_threads) == (1, 3)
     assert settings.tf_inter_op_threads == 2
+
+
+@pytest.mark.parametrize(
+    ("cpus", "processes", "per_process", "batch_workers", "intra_op"),
+    [(1, 1, 1, 1, 1), (2, 2, 1, 2, 1), (8, 2, 4, 2, 2), (8, 3, 2, 2, 1), (2, 4, 1, 2, 1)],
+)
+def test_worker_processes_share_the_quota(
+    monkeypatch, cpus: int, processes: int, per_process: int, batch_workers: int, intra_op: int
+) -> None:
+    monkeypatch.setattr("app.settings.available_cpus", lambda: cpus)
+
+    settings = Settings(workers=processes)
+
+    assert (settings.processes, settings.cpus_per_process) == (processes, per_process)
+    assert (settings.batch_workers, settings.tf_intra_op_threads) == (batch_workers, intra_op)
+    assert settings.image_decode_threads == per_process
+
+
+def test_workers_default_to_the_cpus_of_the_quota(monkeypatch) -> None:
+    monkeypatch.setattr("app.settings.available_cpus", lambda: 4)
+
+    assert Settings().processes == 4
+    assert Settings(workers=2, inference_workers=3, intra_op_threads=5).tf_intra_op_threads == 5

@@ -63,7 +63,11 @@ def test_sigterm_and_kill_of_one_instance_loses_no_request(tiny_model_dir, tmp_p
     ports = [free_port(), free_port()]
     instances = [
         start_server(
-            tiny_model_dir, port, DRAIN_DELAY_S=str(DRAIN_DELAY_S), GRACEFUL_SHUTDOWN_S="10"
+            tiny_model_dir,
+            port,
+            DRAIN_DELAY_S=str(DRAIN_DELAY_S),
+            GRACEFUL_SHUTDOWN_S="10",
+            WORKERS="2",  # each instance a parent of two serving processes
         )
         for port in ports
     ]
