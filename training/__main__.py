@@ -62,6 +62,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--output-version", type=int, help="version folder to write (default: highest existing + 1)"
     )
+    parser.add_argument(
+        "--cluster-wait-s",
+        type=float,
+        default=600.0,
+        help="with TF_CONFIG: seconds each worker waits for all the others to start before "
+        "it gives up (default 600)",
+    )
     parser.add_argument("--limit-train", type=int, help=argparse.SUPPRESS)  # development only
     return parser.parse_args(argv)
 
@@ -69,6 +76,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = parse_args(argv)
+    from training.hardware import ClusterError
     from training.train import RunConfig, TrainingInterrupted, run
 
     config = RunConfig(**vars(args))
@@ -77,6 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingInterrupted as interrupted:
         print(f"\n{interrupted}", file=sys.stderr)
         return 130
+    except ClusterError as error:
+        print(f"\nerror: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

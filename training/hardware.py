@@ -4,6 +4,7 @@ where the CPU's name and flags are read."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from dataclasses import dataclass
@@ -90,8 +91,92 @@ def _precision(name: str, reason: str) -> Precision:
     return Precision(name, policy, reason)
 
 
-def choose_strategy() -> tf.distribute.Strategy:
-    """All visible GPUs through MirroredStrategy, else the default (one GPU or the CPU)."""
-    if len(gpus()) > 1:
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
+class ClusterError(RuntimeError):
+    """A TF_CONFIG cluster that did not form, or lost a worker: the run stops on every worker."""
+
+
+@dataclass(frozen=True)
+class Worker:
+    """This process's place in a TF_CONFIG cluster."""
+
+    task_type: str  # "chief" or "worker", as TF_CONFIG names it
+    task_index: int
+    rank: int  # 0..size-1; 0 is the chief: task "chief", or "worker" 0 when there is none
+    size: int  # the workers that train together (chief included)
+
+    @property
+    def is_chief(self) -> bool:
+        return self.rank == 0
+
+    def describe(self) -> str:
+        role = "chief, writes the model" if self.is_chief else "writes no model"
+        return f"worker {self.rank} of {self.size} ({self.task_type}:{self.task_index}, {role})"
+
+
+def cluster_worker() -> Worker | None:
+    """This process's place when TF_CONFIG names a cluster of two or more workers, else None."""
+    text = os.environ.get("TF_CONFIG", "").strip()
+    if not text:
+        return None
+    try:
+        config = json.loads(text)
+        cluster, task = config["cluster"], config["task"]
+        chiefs, workers = len(cluster.get("chief", [])), len(cluster.get("worker", []))
+        task_type, task_index = task["type"], int(task["index"])
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(
+            "TF_CONFIG must be JSON with a 'cluster' of 'chief'/'worker' addresses and this "
+            f"process's 'task' type and index ({error!r})"
+        ) from error
+    if chiefs + workers < 2:
+        return None  # a cluster of one is this machine
+    if task_type not in ("chief", "worker") or chiefs > 1:
+        raise ValueError(f"TF_CONFIG: a 'chief' (at most one) or a 'worker' trains, got {task}")
+    rank = 0 if task_type == "chief" else task_index + chiefs
+    return Worker(task_type, task_index, rank, chiefs + workers)
+
+
+def choose_strategy(
+    worker: Worker | None = None, cluster_wait_s: float = 600.0
+) -> tf.distribute.Strategy:
+    """MultiWorkerMirroredStrategy in a TF_CONFIG cluster; else all visible GPUs through
+    MirroredStrategy, else the default (one GPU or the CPU).
+
+    In a cluster, creating the strategy waits until every worker has joined. TensorFlow's
+    default wait has no end (measured: a chief whose worker never started waited silently,
+    SIGTERM ignored), so the coordination service is configured first to give up after
+    `cluster_wait_s`. A worker that dies later is TensorFlow's to notice: the coordination
+    service's heartbeats (10-35 s after a kill on 127.0.0.1 here) or a refused connection
+    abort every collective, and the run fails on each worker (train.fit).
+    """
+    if worker is None:
+        if len(gpus()) > 1:
+            return tf.distribute.MirroredStrategy()
+        return tf.distribute.get_strategy()
+    from tensorflow.python.eager import context  # no public API sets the wait
+
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    leader = "chief" if "chief" in resolver.cluster_spec().jobs else "worker"
+    context.context().configure_coordination_service(
+        service_type="standalone",
+        service_leader=f"/job:{leader}/replica:0/task:0",
+        cluster_register_timeout_in_ms=round(cluster_wait_s * 1000),
+    )
+    # Without the barrier only the other workers time out; the chief would still wait forever.
+    context.context().coordination_service.cluster_register_with_barrier = True
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+    except (tf.errors.DeadlineExceededError, tf.errors.UnavailableError) as error:
+        raise ClusterError(
+            f"{worker.describe()}: the cluster of {worker.size} did not form within "
+            f"{cluster_wait_s:g} s (--cluster-wait-s). Start every worker with the same "
+            f"TF_CONFIG cluster and its own task. TensorFlow: {tf_reason(error)}"
+        ) from error
+
+
+def tf_reason(error: tf.errors.OpError) -> str:
+    """TensorFlow's reason for a failed collective or barrier, without the trace around it."""
+    reason = error.message.split("aborted by:", 1)[-1]
+    for tail in ("[[", "Additional GRPC", "The error could be from"):
+        reason = reason.split(tail, 1)[0]
+    return " ".join(reason.split())[:400]

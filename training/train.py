@@ -108,6 +108,7 @@ class RunConfig:
     resume: bool = False
     output_version: int | None = None
     limit_train: int | None = None  # development: train on the first N images only
+    cluster_wait_s: float = 600.0  # TF_CONFIG runs: how long each worker waits for the others
 
 
 class TrainingInterrupted(Exception):
@@ -188,6 +189,7 @@ def make_train_dataset(
         .batch(batch_size, drop_remainder=True)
         .map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
+        .with_options(shard_by_data())
     )
 
 
@@ -203,7 +205,24 @@ def make_eval_dataset(
         .batch(batch_size)
         .map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
+        .with_options(shard_by_data())
     )
+
+
+def shard_by_data() -> tf.data.Options:
+    """How a TF_CONFIG cluster splits the batches: tf.data's DATA auto-shard.
+
+    Each worker builds the whole pipeline and keeps its 1/N part of every global batch. That is
+    correct here because every worker shuffles the same in-memory arrays with the same seed, so
+    the parts are disjoint and cover each batch (seen with two workers, epoch after epoch). FILE
+    sharding needs files. An explicit `shard(N, index)` does not suit `fit`: tf.distribute
+    splits every batch it is given N ways, so Keras would count N times fewer steps per epoch
+    than the shard holds. The price: every worker also augments the parts it drops, small
+    beside the model's step. On one machine these options change nothing.
+    """
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return options
 
 
 class EpochCounter(keras.callbacks.Callback):
@@ -391,14 +410,26 @@ def choose_serving(
     return best, temperature, report
 
 
-def run(config: RunConfig) -> Path:
-    """Train, export to models/<name>/<version>/, measure through the export, write the report."""
+def run(config: RunConfig) -> Path | None:
+    """Train, export to models/<name>/<version>/, measure through the export, write the report.
+
+    In a TF_CONFIG cluster every worker trains; only the chief exports and returns the version
+    folder, the others return None."""
     # --- hardware and precision ---------------------------------------------------------------
     precision = hardware.choose_precision(config.precision)
     machine = hardware.describe()
     print(
         f"precision: {precision.name} ({precision.reason}) | hardware: {machine} | "
         f"malloc: {hardware.allocator()}",
+        flush=True,
+    )
+    # In a TF_CONFIG cluster the strategy must exist before any other TensorFlow op runs.
+    worker = hardware.cluster_worker()
+    strategy = hardware.choose_strategy(worker, config.cluster_wait_s)
+    # (tf.distribute.MultiWorkerMirroredStrategy's class is CollectiveAllReduceStrategy)
+    strategy_name = "MultiWorkerMirroredStrategy" if worker else type(strategy).__name__
+    print(
+        f"strategy: {strategy_name} | {worker.describe() if worker else 'one machine'}",
         flush=True,
     )
 
@@ -435,7 +466,6 @@ def run(config: RunConfig) -> Path:
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(precision.policy)
     try:
-        strategy = hardware.choose_strategy()
         with strategy.scope():
             model, augment, one_hot, recipe_callbacks = build(
                 config.arch, hyp, x_train, num_classes, steps_per_epoch * total_epochs
@@ -446,6 +476,11 @@ def run(config: RunConfig) -> Path:
             f"params: {model.count_params():,}",
             flush=True,
         )
+        # Other workers than the chief keep their checkpoints in a folder of their own (the
+        # folders may be on one shared disk) and delete it at the end.
+        work_dir = config.checkpoints_dir / config.name
+        if worker and not worker.is_chief:
+            work_dir = config.checkpoints_dir / f"{config.name}.worker-{worker.rank}"
         fit_seconds = fit(
             model,
             config,
@@ -457,7 +492,15 @@ def run(config: RunConfig) -> Path:
             augment,
             one_hot,
             recipe_callbacks,
+            strategy=strategy,
+            worker=worker,
+            work_dir=work_dir,
         )
+        if worker and not worker.is_chief:
+            wait_for_every_worker(strategy, worker)  # while the chief exports
+            shutil.rmtree(work_dir, ignore_errors=True)
+            print(f"{worker.describe()}: done, the chief exported the model", flush=True)
+            return None
 
         # --- choose what to serve, export, measure through the export ---------------------------
         tta_level, temperature, serving_check = choose_serving(model, split.x_val, split.y_val, hyp)
@@ -546,7 +589,8 @@ def run(config: RunConfig) -> Path:
             "precision": precision.name,
             "precision_reason": precision.reason,
             "allocator": hardware.allocator(),
-            "strategy": type(strategy).__name__,
+            "strategy": strategy_name,
+            "cluster": worker and {"workers": worker.size, "chief": worker.task_type + ":0"},
             "hyperparameters": {k: list(v) if isinstance(v, tuple) else v for k, v in hyp.items()},
         },
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -554,7 +598,6 @@ def run(config: RunConfig) -> Path:
     write_metadata(partial_dir, full)
 
     # --- report ---------------------------------------------------------------------------------
-    work_dir = config.checkpoints_dir / config.name
     report_dir = partial_dir / "report"
     report_dir.mkdir(exist_ok=True)
     shutil.copy(work_dir / HISTORY_FILE, report_dir / HISTORY_FILE)
@@ -576,6 +619,8 @@ def run(config: RunConfig) -> Path:
         f"exported {version_dir}",
         flush=True,
     )
+    if worker:
+        wait_for_every_worker(strategy, worker)
     return version_dir
 
 
@@ -590,9 +635,13 @@ def fit(
     augment,
     one_hot: bool,
     recipe_callbacks: list[keras.callbacks.Callback],
+    *,
+    strategy: tf.distribute.Strategy,
+    worker: hardware.Worker | None,
+    work_dir: Path,
 ) -> float:
-    """model.fit with per-epoch checkpoints (`--resume`), a CSV history and a fit clock; returns
-    the fit's wall-clock seconds, earlier sessions of a resumed run included."""
+    """model.fit with per-epoch checkpoints (`--resume`), a CSV history and a fit clock in
+    `work_dir`; returns the fit's wall-clock seconds, earlier sessions of a resumed run included."""
     num_classes = int(model.output_shape[-1])
     epoch = tf.Variable(0, trainable=False, dtype=tf.int64, name="epoch")
     train_ds = make_train_dataset(
@@ -612,7 +661,6 @@ def fit(
         if len(split.x_val)
         else None
     )
-    work_dir = config.checkpoints_dir / config.name
     if work_dir.exists() and not config.resume:
         shutil.rmtree(work_dir)  # a fresh run must not silently continue an old one
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -624,18 +672,78 @@ def fit(
         keras.callbacks.CSVLogger(str(work_dir / HISTORY_FILE), append=config.resume),
         clock,
     ]
+    if worker:
+        allow_multi_worker_fit(model)
+        same_start_on_every_worker(strategy, work_dir / "backup")
     try:
-        model.fit(
-            train_ds,
-            epochs=total_epochs,
-            validation_data=val_ds,
-            callbacks=callbacks,
-            shuffle=False,  # the dataset shuffles itself
-            verbose=1,
-        )
+        with strategy.scope():
+            model.fit(
+                train_ds,
+                epochs=total_epochs,
+                validation_data=val_ds,
+                callbacks=callbacks,
+                shuffle=False,  # the dataset shuffles itself
+                verbose=1,
+            )
     except KeyboardInterrupt as interrupt:
         raise TrainingInterrupted(
             f"interrupted; the last completed epoch's checkpoint is in {work_dir / 'backup'}. "
             "Run the same command with --resume to continue."
         ) from interrupt
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as error:
+        if worker is None:
+            raise
+        raise hardware.ClusterError(
+            f"{worker.describe()}: the cluster lost a worker, so this one stops too. Each "
+            f"worker keeps its last epoch's checkpoint: start all {worker.size} again with "
+            f"--resume. TensorFlow: {hardware.tf_reason(error)}"
+        ) from error
     return clock.seconds
+
+
+def allow_multi_worker_fit(model: keras.Model) -> None:
+    """Two Keras 3 bugs stop `fit` under MultiWorkerMirroredStrategy (keras-team/keras#20585,
+    still in Keras 3.15): fit averages the first input batch across workers with
+    `strategy.reduce`, which takes no (images, labels) tuple, and it averages each step's scalar
+    logs over `axis=0`, which a scalar lacks. Clearing the model's own strategy skips the first
+    (fit then runs inside `strategy.scope()` and builds the rest while tracing); logs handed
+    back as 1-element vectors turn the second into the mean over workers. The two-worker test
+    (tests/training/test_multiworker.py) fails if a Keras upgrade changes either."""
+    model._distribute_strategy = None
+    for name in ("train_step", "test_step"):
+        step = getattr(model, name)
+
+        def vector_logs(data, step=step) -> dict[str, tf.Tensor]:
+            return {key: tf.reshape(value, [1]) for key, value in step(data).items()}
+
+        setattr(model, name, vector_logs)
+
+
+def same_start_on_every_worker(strategy: tf.distribute.Strategy, backup_dir: Path) -> None:
+    """Each worker restores its own checkpoint. Workers that would resume from different epochs
+    (one lost its folder) would diverge, or hang once their collectives no longer pair up, so
+    they compare the epoch in BackupAndRestore's metadata before fit and stop instead."""
+    saved = backup_dir / "training_metadata.json"
+    epoch = json.loads(saved.read_text())["epoch"] if saved.is_file() else 0
+    mine = strategy.experimental_distribute_values_from_function(lambda _: tf.constant([epoch]))
+    epochs = strategy.gather(mine, axis=0).numpy().tolist()
+    if len(set(epochs)) > 1:
+        raise hardware.ClusterError(
+            f"the workers would resume from epochs {epochs} (in worker order): each needs its "
+            "checkpoint folder from the same interrupted run. Start them all without --resume "
+            "to train afresh."
+        )
+
+
+def wait_for_every_worker(strategy: tf.distribute.Strategy, worker: hardware.Worker) -> None:
+    """A barrier, one all-reduce, at the end of the run: no worker exits while the chief still
+    exports (TensorFlow would report that exit as a crash), and if the chief fails there, the
+    others fail too."""
+    try:
+        one = strategy.experimental_distribute_values_from_function(lambda _: tf.constant(1.0))
+        strategy.reduce("SUM", one, axis=None)
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as error:
+        raise hardware.ClusterError(
+            f"{worker.describe()}: not every worker reached the end of the run (the chief "
+            f"exports before it). TensorFlow: {hardware.tf_reason(error)}"
+        ) from error
