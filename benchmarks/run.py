@@ -1,15 +1,19 @@
-"""Serving benchmark: bare model vs this service vs the naive baseline, in one run.
+"""Serving benchmark: bare model vs this service vs the naive baseline and peers, in one run.
 
-    python -m benchmarks.run [--duration 10] [--model models/cifar10]
+    python -m benchmarks.run [--duration 10] [--model models/cifar10] [--peers litserve,bentoml]
+                             [--payloads png32,...] [--out benchmarks/results]
 
 (a) the bare SavedModel signature at batch 1, 32 and 256 (the limit);
-(b) this service (`python -m app`) and the naive baseline (benchmarks/naive_service.py), each
-    started alone on this machine and driven by wrk at concurrency 1, 8 and 64 with a 32x32 PNG,
-    a 640x480 JPEG, a 4000x3000 JPEG, and requests of 16 PNGs;
-(c) writes benchmarks/results/serving.{md,csv} and serving_throughput.png, with the ratios.
+(b) this service (`python -m app`), the naive baseline (benchmarks/naive_service.py) and the peers
+    LitServe and BentoML serving the same SavedModel (benchmarks/peers/, each from its own venv,
+    made on first use), each started alone on this machine and driven by wrk at concurrency 1, 8
+    and 64 with a 32x32 PNG, a 640x480 JPEG, a 4000x3000 JPEG, and requests of 16 PNGs;
+(c) writes serving.{md,csv} and serving_throughput.png (in benchmarks/results/ unless --out says
+    otherwise), with the ratios.
 """
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -21,6 +25,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from app.model import Classifier, load_classifier
+from benchmarks import peers
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -84,33 +90,53 @@ def bare_rate(classifier: Classifier, batch: int, seconds: float) -> float:
     return calls * batch / (time.perf_counter() - started)
 
 
-def start(command: list[str], port: int, env: dict[str, str]) -> subprocess.Popen:
-    process = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+def start(
+    command: list[str],
+    port: int,
+    env: dict[str, str],
+    ready_path: str = "/docs",
+    log: Path | None = None,
+) -> subprocess.Popen:
+    """Start a server in its own process group; return once `ready_path` answers 200.
+
+    Its output goes to `log` when given (a failed start then names it), else nowhere."""
+    with open(log or os.devnull, "wb") as output:  # the child keeps its own copy
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    seen = f" (output: {log})" if log else ""
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/docs", timeout=2):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{ready_path}", timeout=2):
                 return process
         except OSError:
             if process.poll() is not None:
-                raise RuntimeError(f"{command} exited with {process.returncode}") from None
+                raise RuntimeError(f"{command} exited with {process.returncode}{seen}") from None
             time.sleep(0.5)
-    raise RuntimeError(f"{command} did not start")
+    stop(process)
+    raise RuntimeError(f"{command} did not answer {ready_path} within 180 s{seen}")
 
 
 def stop(process: subprocess.Popen) -> None:
+    """SIGTERM the whole process group (servers with worker processes), SIGKILL after 30 s."""
     os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # until its workers, not only the parent, are gone
+        process.poll()  # reaps the parent: a zombie would keep the group alive
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def ensure_wrk() -> None:
@@ -146,9 +172,12 @@ def drive(port: int, payload_file: Path, count: int, concurrency: int, seconds: 
     return json.loads(output.strip().splitlines()[-1])
 
 
-def measure(service: str, port: int, folder: Path, seconds: float) -> list[Row]:
+def measure(
+    service: str, port: int, folder: Path, seconds: float, payloads: list[str]
+) -> list[Row]:
     rows = []
-    for payload, (name, count) in PAYLOADS.items():
+    for payload in payloads:
+        name, count = PAYLOADS[payload]
         drive(port, folder / name, count, 8, 2)  # warm-up, not recorded
         for concurrency in CONCURRENCY:
             stats = drive(port, folder / name, count, concurrency, seconds)
@@ -173,24 +202,34 @@ def measure(service: str, port: int, folder: Path, seconds: float) -> list[Row]:
     return rows
 
 
-def write_results(rows: list[Row], bare: dict[int, float], model_dir: Path, seconds: float) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS / "serving.csv", "w", newline="") as out:
+def write_results(
+    rows: list[Row],
+    bare: dict[int, float],
+    model_dir: Path,
+    seconds: float,
+    folder: Path,
+    skipped: dict[str, str],
+) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "serving.csv", "w", newline="") as out:
         writer = csv.DictWriter(out, fieldnames=list(asdict(rows[0])))
         writer.writeheader()
         writer.writerows(asdict(row) for row in rows)
 
-    def find(service: str, payload: str, concurrency: int) -> Row:
+    def find(service: str, payload: str, concurrency: int) -> Row | None:
         return next(
-            r
-            for r in rows
-            if (r.service, r.payload, r.concurrency) == (service, payload, concurrency)
+            (
+                r
+                for r in rows
+                if (r.service, r.payload, r.concurrency) == (service, payload, concurrency)
+            ),
+            None,
         )
 
-    ours, naive = find("service", "png32", 64), find("naive", "png32", 64)
+    measured_peers = [name for name in peers.PEERS if any(r.service == name for r in rows)]
     lines = [
         f"Measured by `python -m benchmarks.run --duration {seconds:g}` on {platform.node()} "
-        f"({os.cpu_count()} CPUs, {platform.processor() or platform.machine()}), "
+        f"({os.cpu_count()} CPUs, {_cpu_model()}), "
         f"model `{_shown(model_dir)}`, wrk with 1 thread, {seconds:g} s per cell.",
         "",
         "Bare model (serving signature, no HTTP): "
@@ -204,18 +243,67 @@ def write_results(rows: list[Row], bare: dict[int, float], model_dir: Path, seco
         f"| {r.p95_ms:.1f} | {r.p99_ms:.1f} | {r.errors} |"
         for r in rows
     ]
-    lines += [
-        "",
-        "Ratios (32x32 PNG, one image per request, concurrency 64):",
-        f"- service / bare model at batch 256: {ours.images_per_s / bare[256]:.2f}",
-        f"- service / naive baseline: {ours.images_per_s / max(naive.images_per_s, 1e-9):.1f}x",
-        f"- service p99 at concurrency 1 (32x32 PNG): {find('service', 'png32', 1).p99_ms:.1f} ms",
-        "- service p50 at concurrency 1 (4000x3000 JPEG): "
-        f"{find('service', 'jpeg4000x3000', 1).p50_ms:.1f} ms",
-        f"- errors in service runs: {sum(r.errors for r in rows if r.service == 'service')}",
-    ]
-    (RESULTS / "serving.md").write_text("\n".join(lines) + "\n")
-    plot(rows, bare)
+    lines += ["", "Ratios (32x32 PNG, one image per request, concurrency 64):"]
+    if ours := find("service", "png32", 64):
+        lines.append(f"- service / bare model at batch 256: {ours.images_per_s / bare[256]:.2f}")
+        if naive := find("naive", "png32", 64):
+            ratio = ours.images_per_s / max(naive.images_per_s, 1e-9)
+            lines.append(f"- service / naive baseline: {ratio:.1f}x")
+        for name in measured_peers:
+            if peer := find(name, "png32", 64):
+                ratio = ours.images_per_s / max(peer.images_per_s, 1e-9)
+                lines.append(f"- service / {name}: {ratio:.2f}x")
+    if row := find("service", "png32", 1):
+        lines.append(f"- service p99 at concurrency 1 (32x32 PNG): {row.p99_ms:.1f} ms")
+    if row := find("service", "jpeg4000x3000", 1):
+        lines.append(f"- service p50 at concurrency 1 (4000x3000 JPEG): {row.p50_ms:.1f} ms")
+    lines.append(
+        f"- errors in service runs: {sum(r.errors for r in rows if r.service == 'service')}"
+    )
+    lines += peer_lines(rows, measured_peers, skipped, find)
+    (folder / "serving.md").write_text("\n".join(lines) + "\n")
+    plot(rows, bare, folder)
+
+
+def peer_lines(
+    rows: list[Row],
+    measured: list[str],
+    skipped: dict[str, str],
+    find: Callable[[str, str, int], Row | None],
+) -> list[str]:
+    """This service / each peer, images/s at the same payload and concurrency; skipped peers."""
+    lines = []
+    if measured:
+        pins = ", ".join(peers.PEERS[name].requirements[0] for name in measured)
+        lines += [
+            "",
+            f"This service / peer, images/s at the same payload and concurrency (peers: {pins}, "
+            "configured as benchmarks/peers/ says):",
+            "",
+            "| payload | concurrency | " + " | ".join(f"service / {n}" for n in measured) + " |",
+            "|---|---|" + "---|" * len(measured),
+        ]
+        for row in rows:
+            if row.service != "service":
+                continue
+            cells = []
+            for name in measured:
+                peer = find(name, row.payload, row.concurrency)
+                ok = peer is not None and peer.images_per_s > 0
+                cells.append(f"{row.images_per_s / peer.images_per_s:.2f}" if ok else "-")
+            lines.append(f"| {row.payload} | {row.concurrency} | " + " | ".join(cells) + " |")
+    if skipped:
+        lines += ["", *(f"- {name}: skipped ({reason})" for name, reason in skipped.items())]
+    return lines
+
+
+def _cpu_model() -> str:
+    """The CPU's model name as Linux reports it, for the results to name the machine."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def _shown(path: Path) -> Path:
@@ -223,37 +311,72 @@ def _shown(path: Path) -> Path:
     return path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path
 
 
-def plot(rows: list[Row], bare: dict[int, float]) -> None:
+def plot(rows: list[Row], bare: dict[int, float], folder: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(PAYLOADS), figsize=(4 * len(PAYLOADS), 3.6), sharey=False)
-    for axis, payload in zip(axes, PAYLOADS, strict=True):
-        for service, style in (("service", "o-"), ("naive", "s--")):
+    payloads = [p for p in PAYLOADS if any(r.payload == p for r in rows)]
+    fig, axes = plt.subplots(
+        1, len(payloads), figsize=(4 * len(payloads), 3.6), sharey=False, squeeze=False
+    )
+    styles = {"service": "o-", "naive": "s--", "litserve": "^-.", "bentoml": "v:"}
+    for axis, payload in zip(axes[0], payloads, strict=True):
+        for service, style in styles.items():
             points = [
                 (r.concurrency, r.images_per_s)
                 for r in rows
                 if r.service == service and r.payload == payload
             ]
-            axis.plot(*zip(*points, strict=True), style, label=service)
+            if points:
+                axis.plot(*zip(*points, strict=True), style, label=service)
         axis.axhline(bare[256], color="grey", linestyle=":", label="bare model, batch 256")
         axis.set(title=payload, xlabel="concurrency", xscale="log", yscale="log")
         axis.set_xticks(CONCURRENCY, [str(c) for c in CONCURRENCY])
-    axes[0].set_ylabel("images/s")
-    axes[0].legend(fontsize=8)
+    axes[0][0].set_ylabel("images/s")
+    axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(RESULTS / "serving_throughput.png", dpi=110)
+    fig.savefig(folder / "serving_throughput.png", dpi=110)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=10, help="seconds per wrk run")
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "cifar10")
-    parser.add_argument("--only", choices=("service", "naive"), help="skip the other service")
+    parser.add_argument(
+        "--only",
+        choices=("service", "naive", *peers.PEERS),
+        help="measure this one alone and write no results",
+    )
+    parser.add_argument(
+        "--peers",
+        type=peers.parse_peers,
+        default=list(peers.PEERS),
+        help="peers to measure too, comma-separated (default: litserve,bentoml), or none",
+    )
+    parser.add_argument(
+        "--payloads",
+        type=parse_payloads,
+        default=list(PAYLOADS),
+        help=f"payloads, comma-separated (default: all: {','.join(PAYLOADS)})",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS, help="folder for serving.{md,csv} and the plot"
+    )
     args = parser.parse_args()
+    wanted = ["service", "naive", *args.peers] if args.only is None else [args.only]
     ensure_wrk()
+
+    # Peers first: a venv made on first use takes minutes, and one that fails is only skipped.
+    launches: dict[str, tuple[list[str], dict[str, str]]] = {}
+    skipped: dict[str, str] = {}
+    for name in (n for n in wanted if n in peers.PEERS):
+        try:
+            launches[name] = peers.launch(peers.PEERS[name], args.model)
+        except peers.PeerUnavailable as exc:
+            skipped[name] = str(exc)
+            print(f"{name}: skipped ({exc})", flush=True)
 
     env = os.environ | {"MODEL_DIR": str(args.model), "TF_CPP_MIN_LOG_LEVEL": "2"}
     with tempfile.TemporaryDirectory() as tmp:
@@ -263,8 +386,14 @@ def main() -> None:
         bare = bare_model(args.model, seconds=min(args.duration, 5))
         print({k: round(v) for k, v in bare.items()}, flush=True)
         rows: list[Row] = []
+        # name -> (command, extra environment, port, path that answers once it serves)
         services = {
-            "service": ([sys.executable, "-m", "app"], {"PORT": "8101", "LOG_LEVEL": "warning"}),
+            "service": (
+                [sys.executable, "-m", "app"],
+                {"PORT": "8101", "LOG_LEVEL": "warning"},
+                8101,
+                "/docs",
+            ),
             "naive": (
                 [
                     sys.executable,
@@ -277,19 +406,46 @@ def main() -> None:
                     "warning",
                 ],
                 {},
+                8102,
+                "/docs",
             ),
         }
-        for service, (command, extra_env) in services.items():
-            if args.only and service != args.only:
+        for name, (command, extra_env) in launches.items():
+            services[name] = (
+                command,
+                extra_env,
+                peers.PEERS[name].port,
+                peers.PEERS[name].ready_path,
+            )
+        for service, (command, extra_env, port, ready_path) in services.items():
+            if service not in wanted:
                 continue
-            port = int(extra_env.get("PORT", "8102"))
-            process = start(command, port, env | extra_env)
             try:
-                rows += measure(service, port, folder, args.duration)
+                log = peers.CACHE / f"{service}.log" if service in peers.PEERS else None
+                process = start(command, port, env | extra_env, ready_path, log)
+            except RuntimeError as exc:
+                if service not in peers.PEERS:
+                    raise
+                skipped[service] = str(exc)
+                print(f"{service}: skipped ({exc})", flush=True)
+                continue
+            try:
+                rows += measure(service, port, folder, args.duration, args.payloads)
             finally:
                 stop(process)
     if not args.only:
-        write_results(rows, bare, args.model, args.duration)
+        write_results(rows, bare, args.model, args.duration, args.out, skipped)
+
+
+def parse_payloads(value: str) -> list[str]:
+    """`--payloads png32,png32x16`: a subset of PAYLOADS, in its order."""
+    names = {name.strip() for name in value.split(",") if name.strip()}
+    unknown = sorted(names - PAYLOADS.keys())
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown payload {', '.join(unknown) or '(none)'}; known: {', '.join(PAYLOADS)}"
+        )
+    return [name for name in PAYLOADS if name in names]
 
 
 if __name__ == "__main__":
