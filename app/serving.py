@@ -8,9 +8,10 @@ import asyncio
 import functools
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Annotated
 
 import numpy as np
-from fastapi import Request
+from fastapi import Query, Request
 
 from app.batcher import Batcher, BatcherClosed, QueueFull
 from app.errors import ApiError
@@ -41,6 +42,15 @@ _REJECTION_STATUS: dict[type[ImageRejected], int] = {
 def filenames(files: Sequence[Upload]) -> list[str]:
     """The names answers and errors carry: as sent, cut to MAX_FILENAME_CHARS."""
     return [upload.filename[:MAX_FILENAME_CHARS] for upload in files]
+
+
+TopK = Annotated[
+    int | None,
+    Query(
+        description="How many labels to rank per image (1..number of labels).",
+        json_schema_extra={"minimum": 1},  # the maximum comes from the loaded model
+    ),
+]
 
 
 def resolve_top_k(top_k: int | None, labels: int, default: int) -> int:

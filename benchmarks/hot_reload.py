@@ -73,6 +73,10 @@ class Load:
         raise RuntimeError(f"version {version} never answered")
 
 
+def step(name: str, changed: float, effect: float, shows: str) -> dict[str, object]:
+    return {"step": name, "changed": changed, "effect": effect, "shows": shows}
+
+
 def refusals(port: int) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
         for line in reply.read().decode().splitlines():
@@ -134,12 +138,12 @@ def main() -> None:
             new.rename(model_dir / "2")
             served = load.first_since(changed, 2)
             rows.append(
-                {
-                    "step": "new version 2 renamed into place",
-                    "changed": changed,
-                    "effect": served,
-                    "shows": "first answer from version 2",
-                }
+                step(
+                    "new version 2 renamed into place",
+                    changed,
+                    served,
+                    "first answer from version 2",
+                )
             )
             time.sleep(STEP_S)
 
@@ -151,12 +155,12 @@ def main() -> None:
             while refusals(PORT) <= before:
                 time.sleep(0.01)
             rows.append(
-                {
-                    "step": "broken version 3 renamed into place",
-                    "changed": changed,
-                    "effect": time.monotonic(),
-                    "shows": "refused (metric); 2 serves on",
-                }
+                step(
+                    "broken version 3 renamed into place",
+                    changed,
+                    time.monotonic(),
+                    "refused (metric); 2 serves on",
+                )
             )
             time.sleep(STEP_S)
 
@@ -164,12 +168,9 @@ def main() -> None:
             shutil.rmtree(model_dir / "2")
             served = load.first_since(changed, 1)
             rows.append(
-                {
-                    "step": "version 2 deleted (roll back)",
-                    "changed": changed,
-                    "effect": served,
-                    "shows": "first answer from version 1",
-                }
+                step(
+                    "version 2 deleted (roll back)", changed, served, "first answer from version 1"
+                )
             )
             time.sleep(STEP_S)
         finally:

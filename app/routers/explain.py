@@ -70,13 +70,7 @@ async def explain(
     batcher: BatcherDep,
     decode_pool: DecodePoolDep,
     settings: SettingsDep,
-    top_k: Annotated[
-        int | None,
-        Query(
-            description="How many labels to rank per image (1..number of labels).",
-            json_schema_extra={"minimum": 1},
-        ),
-    ] = None,
+    top_k: serving.TopK = None,
     patch: Annotated[
         int, Query(ge=1, description="Side of the grey square, in model-input pixels.")
     ] = DEFAULT_PATCH,

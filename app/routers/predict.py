@@ -1,9 +1,8 @@
 """POST /predict: uploads -> preprocessing -> batcher -> model -> response schema."""
 
 import asyncio
-from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 
 from app import serving
 from app.deps import (
@@ -57,13 +56,7 @@ async def predict(
     batcher: BatcherDep,
     decode_pool: DecodePoolDep,
     settings: SettingsDep,
-    top_k: Annotated[
-        int | None,
-        Query(
-            description="How many labels to rank per image (1..number of labels).",
-            json_schema_extra={"minimum": 1},  # the maximum comes from the loaded model
-        ),
-    ] = None,
+    top_k: serving.TopK = None,
 ) -> PredictResponse:
     """Classify uploaded images; all images of one request go through the model as one batch."""
     deadline = asyncio.get_running_loop().time() + settings.request_timeout_s

@@ -213,24 +213,27 @@ def test_binary_sizes_must_add_up(client: Any) -> None:
         assert response.status_code == 400 and words in response.json()["error"], response.text
 
 
-def test_truncated_bytes_elements_are_refused(client: Any) -> None:
-    raw = struct.pack("<I", 100) + b"short"
+def infer_binary(client: Any, shape: list[int], datatype: str, raw: bytes) -> Any:
+    """/infer with the binary tensor data extension: the JSON header, then `raw`."""
     header = json.dumps(
         {
             "inputs": [
                 {
                     "name": "images",
-                    "shape": [1],
-                    "datatype": "BYTES",
+                    "shape": shape,
+                    "datatype": datatype,
                     "parameters": {"binary_data_size": len(raw)},
                 }
             ]
         }
     ).encode()
-
-    response = infer(
+    return infer(
         client, header + raw, headers={"Inference-Header-Content-Length": str(len(header))}
     )
+
+
+def test_truncated_bytes_elements_are_refused(client: Any) -> None:
+    response = infer_binary(client, [1], "BYTES", struct.pack("<I", 100) + b"short")
 
     assert response.status_code == 400 and "truncated" in response.json()["error"]
 
@@ -238,22 +241,8 @@ def test_truncated_bytes_elements_are_refused(client: Any) -> None:
 def test_a_bytes_element_that_is_not_an_image_names_it(client: Any) -> None:
     items = [png(pixels(1)[0]), b"plain text, not an image"]
     raw = b"".join(struct.pack("<I", len(item)) + item for item in items)
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "images",
-                    "shape": [2],
-                    "datatype": "BYTES",
-                    "parameters": {"binary_data_size": len(raw)},
-                }
-            ]
-        }
-    ).encode()
 
-    response = infer(
-        client, header + raw, headers={"Inference-Header-Content-Length": str(len(header))}
-    )
+    response = infer_binary(client, [2], "BYTES", raw)
 
     assert response.status_code == 415
     assert "images[1]" in response.json()["error"]
