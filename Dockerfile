@@ -1,24 +1,28 @@
 # syntax=docker/dockerfile:1
-# The serving image: CPU TensorFlow, the app and the committed models; no training code.
+# The serving image: the app, the committed models and one runtime for the SavedModel; no
+# training code. BACKEND=openvino (default) is the slim image, without TensorFlow;
+# `--build-arg BACKEND=tensorflow` serves with TensorFlow's CPU-only build instead.
 # BASE_IMAGE lets the image be built from a local base where no registry is reachable.
 ARG BASE_IMAGE=python:3.11-slim
+ARG BACKEND=openvino
 
 FROM ${BASE_IMAGE} AS build
+ARG BACKEND
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /build
-COPY pyproject.toml .
-# The runtime dependencies are pyproject's, with the CPU-only TensorFlow build (same `tensorflow`
-# module, no GPU libraries) so the image stays small.
-RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        | sed 's/^tensorflow\b/tensorflow-cpu/' > requirements.txt \
+COPY pyproject.toml deploy/image_requirements.py ./
+# pyproject's runtime dependencies, with the runtime BACKEND needs in place of `tensorflow`.
+RUN python3 image_requirements.py "$BACKEND" > requirements.txt \
     && python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install -r requirements.txt
 
 FROM ${BASE_IMAGE}
+ARG BACKEND
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     TF_CPP_MIN_LOG_LEVEL=2 \
+    INFERENCE_BACKEND=${BACKEND} \
     MODEL_DIR=/srv/models/cifar10
 RUN groupadd --system app && useradd --system --gid app --no-create-home app
 COPY --from=build /opt/venv /opt/venv

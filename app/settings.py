@@ -22,8 +22,8 @@ class Settings(BaseSettings):
     # Model
     model_dir: Path = Field(
         DEFAULT_MODEL_DIR,
-        description="A model version folder (holds saved_model.pb), or a model folder whose "
-        "highest integer version is served.",
+        description="A model folder of integer versions (MODEL_VERSION_POLICY says which are "
+        "served), or one version folder (holds saved_model.pb).",
     )
     inference_backend: BackendChoice = Field(
         "auto",

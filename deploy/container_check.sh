@@ -4,13 +4,15 @@
 #      (no image registry is needed);
 #   2. `buildah bud` of the Dockerfile with BASE_IMAGE set to it;
 #   3. the image's own command started with `buildah run` on host networking; /health and
-#      /predict must answer.
-# Needs root, buildah, debootstrap and curl.  Usage: bash deploy/container_check.sh [PORT]
+#      /predict must answer, from the backend the image was built for.
+# BACKEND=openvino (default: the slim image CI builds) or BACKEND=tensorflow (on request).
+# Needs root, buildah, debootstrap and curl.  Usage: [BACKEND=...] bash deploy/container_check.sh [PORT]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PORT=${1:-18080}
+BACKEND=${BACKEND:-openvino}
 BASE=localhost/debian-python:bookworm
-IMAGE=localhost/cifar10-classifier:check
+IMAGE=localhost/cifar10-classifier:check-$BACKEND
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 started=$(date +%s)
 log() { echo "[container-check +$(( $(date +%s) - started ))s] $*"; }
@@ -34,7 +36,7 @@ log "buildah bud the Dockerfile FROM $BASE"
 pipconf=$(mktemp)
 printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' > "$pipconf"
 buildah bud --quiet --isolation chroot --format docker --network host \
-  --build-arg BASE_IMAGE="$BASE" \
+  --build-arg BASE_IMAGE="$BASE" --build-arg BACKEND="$BACKEND" \
   -v /etc/ssl/certs:/etc/ssl/certs:ro -v "$pipconf":/etc/pip.conf:ro \
   -t "$IMAGE" . >/dev/null
 rm -f "$pipconf"
@@ -70,7 +72,8 @@ for _ in $(seq 1 180); do
   kill -0 "$server" 2>/dev/null || { echo "the container exited"; exit 1; }
   sleep 1
 done
-curl -fsS "http://127.0.0.1:$PORT/health"; echo
+health=$(curl -fsS "http://127.0.0.1:$PORT/health"); echo "$health"
+echo "$health" | python3 -c "import json, sys; b = json.load(sys.stdin)['backend']; assert b == '$BACKEND', b"
 python3 - "$PORT" <<'PY'
 import io, json, sys, urllib.request
 from pathlib import Path
