@@ -24,6 +24,12 @@ async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+def serving_ready(request: Request) -> bool:
+    """A version is loaded and the process is not draining: what the readiness probes say."""
+    repository: ModelRepository | None = getattr(request.app.state, "repository", None)
+    return getattr(request.app.state, "ready", False) and bool(repository and repository.versions)
+
+
 async def get_repository(request: Request) -> ModelRepository:
     repository: ModelRepository | None = getattr(request.app.state, "repository", None)
     if repository is None or not repository.versions:

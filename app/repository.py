@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,14 +112,6 @@ class ModelRepository:
         served.in_flight -= 1
         if served.in_flight == 0:
             served.idle.set()
-
-    @contextmanager
-    def lease(self, version: int | None = None) -> Iterator[ServedVersion]:
-        served = self.acquire(version)
-        try:
-            yield served
-        finally:
-            self.release(served)
 
     @property
     def queued_images(self) -> int:

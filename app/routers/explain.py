@@ -16,8 +16,8 @@ from app.deps import (
     UploadsDep,
 )
 from app.errors import ApiError, error_responses
-from app.routers.predict import PREDICT_ERRORS
-from app.schemas import ExplainResponse, Explanation, PredictForm
+from app.routers.predict import PREDICT_ERRORS, UPLOADS_BODY
+from app.schemas import ExplainResponse, Explanation
 from app.settings import Settings
 
 router = APIRouter(tags=["predict"])
@@ -56,12 +56,7 @@ positions cover the image evenly.
     response_model=ExplainResponse,
     responses=error_responses(*PREDICT_ERRORS),
     description=DESCRIPTION,
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"multipart/form-data": {"schema": PredictForm.model_json_schema()}},
-        }
-    },
+    openapi_extra=UPLOADS_BODY,
 )
 async def explain(
     request: Request,

@@ -3,6 +3,7 @@
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from app.deps import serving_ready
 from app.errors import error_response, error_responses
 from app.schemas import HealthResponse, LiveResponse
 
@@ -12,10 +13,9 @@ router = APIRouter(prefix="/health", tags=["health"])
 @router.get("", response_model=HealthResponse, responses=error_responses("not_ready"))
 async def ready(request: Request) -> HealthResponse | JSONResponse:
     """200 once the model is loaded and warmed up and the process is not draining; else 503."""
-    state = request.app.state
-    repository = getattr(state, "repository", None)
-    if not getattr(state, "ready", False) or not repository.versions:
+    if not serving_ready(request):
         return error_response(503, "not_ready", "the model is loading or the service is draining")
+    repository = request.app.state.repository
     classifier = repository.get().classifier
     return HealthResponse(
         status="ok",

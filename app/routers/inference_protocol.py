@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 
 from app import inference_protocol as oip
 from app import openapi, serving
-from app.deps import DecodePoolDep, SettingsDep
+from app.deps import DecodePoolDep, RepositoryDep, SettingsDep, serving_ready
 from app.errors import ApiError
 from app.inference_protocol import (
     InferenceRequest,
@@ -81,13 +81,6 @@ INFER_BODY = {
 }
 
 
-def _repository(request: Request) -> ModelRepository:
-    repository: ModelRepository | None = getattr(request.app.state, "repository", None)
-    if repository is None or not repository.versions:
-        raise ApiError(503, "not_ready", "the model is not loaded yet")
-    return repository
-
-
 @contextmanager
 def _hold(repository: ModelRepository, name: str, version: str | None) -> Iterator[ServedVersion]:
     """The named version (default: the highest loaded), held for this request."""
@@ -123,8 +116,7 @@ async def server_live() -> oip.LiveResponse:
 )
 async def server_ready(request: Request) -> ReadyResponse | JSONResponse:
     """200 when a model version is loaded and the process is not draining; else 503."""
-    repository = getattr(request.app.state, "repository", None)
-    if getattr(request.app.state, "ready", False) and repository.versions:
+    if serving_ready(request):
         return ReadyResponse(ready=True)
     return JSONResponse({"ready": False}, status_code=503)
 
@@ -132,9 +124,8 @@ async def server_ready(request: Request) -> ReadyResponse | JSONResponse:
 @router.get("/models/{name}", response_model=ModelMetadata, responses=ERRORS)
 @router.get("/models/{name}/versions/{version}", response_model=ModelMetadata, responses=ERRORS)
 async def model_metadata(
-    request: Request, name: ModelName, version: Version | None = None
+    repository: RepositoryDep, name: ModelName, version: Version | None = None
 ) -> ModelMetadata:
-    repository = _repository(request)
     with _hold(repository, name, version) as served:
         return _metadata(served.classifier, repository)
 
@@ -144,10 +135,10 @@ async def model_metadata(
     "/models/{name}/versions/{version}/ready", response_model=ModelReadyResponse, responses=ERRORS
 )
 async def model_ready(
-    request: Request, name: ModelName, version: Version | None = None
+    repository: RepositoryDep, name: ModelName, version: Version | None = None
 ) -> ModelReadyResponse:
     """200 when that version is loaded (default: any); 404 when it is not."""
-    with _hold(_repository(request), name, version):
+    with _hold(repository, name, version):
         return ModelReadyResponse(name=name, ready=True)
 
 
@@ -165,6 +156,7 @@ async def model_ready(
 )
 async def infer(
     request: Request,
+    repository: RepositoryDep,
     name: ModelName,
     settings: SettingsDep,
     decode_pool: DecodePoolDep,
@@ -178,7 +170,7 @@ async def infer(
     body = await request.body()
     with _protocol_errors():
         parsed, chunks = oip.parse_request(body, request.headers.get(oip.HEADER_LENGTH))
-    with _hold(_repository(request), name, version) as served:
+    with _hold(repository, name, version) as served:
         classifier, batcher = served.classifier, served.batcher
         outputs = _requested_outputs(parsed, len(classifier.labels))
         with batcher.incoming():

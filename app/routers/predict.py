@@ -37,17 +37,20 @@ PREDICT_ERRORS = (
     "timeout",
 )
 
+# The multipart body is parsed by app.uploads as it streams; documented from its schema.
+UPLOADS_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": PredictForm.model_json_schema()}},
+    }
+}
+
 
 @router.post(
     "/predict",
     response_model=PredictResponse,
     responses=error_responses(*PREDICT_ERRORS),
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"multipart/form-data": {"schema": PredictForm.model_json_schema()}},
-        }
-    },
+    openapi_extra=UPLOADS_BODY,
 )
 async def predict(
     request: Request,
