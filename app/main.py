@@ -97,7 +97,7 @@ def _load_version(settings: Settings, path: Path) -> Classifier:
         path,
         settings.inference_backend,
         settings.inference_precision,
-        threads=settings.cpus_per_process,
+        threads=settings.openvino_threads,
     )
     classifier.warm_up((1, settings.max_batch_size))
     return classifier

@@ -83,6 +83,12 @@ class Settings(BaseSettings):
     # CPU threads (None: derived from the CPU quota the process really has)
     intra_op_threads: int | None = Field(None, ge=1, description="TensorFlow intra-op threads.")
     inter_op_threads: int | None = Field(None, ge=1, description="TensorFlow inter-op threads.")
+    inference_threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPUs one OpenVINO model call may use, in every process (None: all the "
+        "CPUs of the quota; the OS shares them between processes under load).",
+    )
     decode_threads: int | None = Field(
         None, ge=1, description="Threads that decode large images off the event loop."
     )
@@ -176,6 +182,10 @@ class Settings(BaseSettings):
     def tf_inter_op_threads(self) -> int:
         """One per concurrent batch: with a single one, TensorFlow runs them in turn."""
         return self.inter_op_threads or self.batch_workers
+
+    @property
+    def openvino_threads(self) -> int:
+        return self.inference_threads or self.cpus
 
     @property
     def image_decode_threads(self) -> int:

@@ -58,8 +58,9 @@ class OpenVINOBackend:
             props.inference_num_threads(): threads,
             # One stream using every thread: the batcher already makes the batches.
             hints.performance_mode(): hints.PerformanceMode.LATENCY,
-            # Pinning a share of the CPUs (WORKERS > 1) pins every process to the same cores.
-            hints.enable_cpu_pinning(): threads >= available_cpus(),
+            # Unpinned: with WORKERS > 1 every process pins to the same cores, and a container's
+            # CPU quota (cgroup cpu.max) is time on any core, not cores 0..n-1.
+            hints.enable_cpu_pinning(): False,
         }
         try:
             self._compiled = core.compile_model(model, DEVICE, config)

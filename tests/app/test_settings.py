@@ -52,3 +52,13 @@ def test_workers_default_to_the_cpus_of_the_quota(monkeypatch) -> None:
 
     assert Settings().processes == 4
     assert Settings(workers=2, inference_workers=3, intra_op_threads=5).tf_intra_op_threads == 5
+
+
+@pytest.mark.parametrize("processes", [1, 2, 4])
+def test_each_openvino_call_may_use_the_whole_quota_whatever_the_processes(
+    monkeypatch, processes: int
+) -> None:
+    monkeypatch.setattr("app.settings.available_cpus", lambda: 4)
+
+    assert Settings(workers=processes).openvino_threads == 4
+    assert Settings(workers=processes, inference_threads=1).openvino_threads == 1
