@@ -3,11 +3,15 @@
     python -m benchmarks.run [--duration 10] [--model models/cifar10] [--peers litserve,bentoml]
                              [--payloads png32,...] [--out benchmarks/results]
 
-(a) the bare SavedModel signature at batch 1, 32 and 256 (the limit);
-(b) this service (`python -m app`), the naive baseline (benchmarks/naive_service.py) and the peers
-    LitServe and BentoML serving the same SavedModel (benchmarks/peers/, each from its own venv,
-    made on first use), each started alone on this machine and driven by wrk at concurrency 1, 8
-    and 64 with a 32x32 PNG, a 640x480 JPEG, a 4000x3000 JPEG, and requests of 16 PNGs;
+(a) the bare model, no HTTP, at batch 1, 32 and 256 (the limit), on each installed backend
+    (the one `auto` picks first);
+(b) this service as it starts by default (`python -m app`: a process per CPU, the backend `auto`
+    picks), the same service as round 1 ran it (`single`: WORKERS=1, INFERENCE_BACKEND=tensorflow),
+    the naive baseline (benchmarks/naive_service.py) and the peers LitServe and BentoML serving the
+    same SavedModel (benchmarks/peers/, each from its own venv, made on first use), each started
+    alone on this machine, left until every process of it has loaded, and driven by wrk at
+    concurrency 1, 8 and 64 with a 32x32 PNG, a 640x480 JPEG, a 4000x3000 JPEG, and requests of
+    16 PNGs;
 (c) writes serving.{md,csv} and serving_throughput.png (in benchmarks/results/ unless --out says
     otherwise), with the ratios.
 """
@@ -32,6 +36,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from app.backends import installed
 from app.model import Classifier, load_classifier
 from benchmarks import peers
 
@@ -74,10 +79,17 @@ def make_payloads(folder: Path) -> None:
         Image.fromarray(noisy).save(folder / f"jpeg{width}x{height}.jpg", quality=90)
 
 
-def bare_model(model_dir: Path, seconds: float) -> dict[int, float]:
-    """Images/s of the serving signature called directly, per batch size."""
-    classifier = load_classifier(model_dir)
-    return {batch: bare_rate(classifier, batch, seconds) for batch in (1, 32, 256)}
+def bare_model(model_dir: Path, seconds: float) -> dict[str, dict[int, float]]:
+    """Images/s of the model called directly, per backend ("openvino f32") and batch size."""
+    rates: dict[str, dict[int, float]] = {}  # the first: what `auto` picks
+    for backend in ("auto", "openvino", "tensorflow"):
+        if backend != "auto" and not installed(backend):
+            continue
+        classifier = load_classifier(model_dir, backend=backend)
+        name = f"{classifier.backend} {classifier.precision}"
+        if name not in rates:
+            rates[name] = {batch: bare_rate(classifier, batch, seconds) for batch in (1, 32, 256)}
+    return rates
 
 
 def bare_rate(classifier: Classifier, batch: int, seconds: float) -> float:
@@ -121,6 +133,32 @@ def start(
             time.sleep(0.5)
     stop(process)
     raise RuntimeError(f"{command} did not answer {ready_path} within 180 s{seen}")
+
+
+def settle(process: subprocess.Popen, idle_cpu_s: float = 0.05, limit_s: float = 180) -> None:
+    """Wait until the server's process group is idle for a second: every worker has loaded."""
+    tick = os.sysconf("SC_CLK_TCK")
+    deadline = time.monotonic() + limit_s
+    before = _group_cpu_ticks(process.pid)
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        now = _group_cpu_ticks(process.pid)
+        if (now - before) / tick < idle_cpu_s:
+            return
+        before = now
+    raise RuntimeError(f"server group {process.pid} still busy after {limit_s:.0f} s")
+
+
+def _group_cpu_ticks(group: int) -> int:
+    """User + system CPU ticks of the live processes in a process group."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            # the command name (field 2) may hold spaces: split after its closing bracket
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == group:  # field 5, pgrp
+                total += int(fields[11]) + int(fields[12])  # fields 14 and 15, utime + stime
+    return total
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -204,11 +242,12 @@ def measure(
 
 def write_results(
     rows: list[Row],
-    bare: dict[int, float],
+    bare: dict[str, dict[int, float]],
     model_dir: Path,
     seconds: float,
     folder: Path,
     skipped: dict[str, str],
+    setups: dict[str, str],
 ) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "serving.csv", "w", newline="") as out:
@@ -232,8 +271,13 @@ def write_results(
         f"({os.cpu_count()} CPUs, {_cpu_model()}), "
         f"model `{_shown(model_dir)}`, wrk with 1 thread, {seconds:g} s per cell.",
         "",
-        "Bare model (serving signature, no HTTP): "
-        + ", ".join(f"batch {b}: {v:.0f} images/s" for b, v in bare.items()),
+        *(
+            f"Bare model, {name}, no HTTP: "
+            + ", ".join(f"batch {b}: {v:.0f} images/s" for b, v in rates.items())
+            for name, rates in bare.items()
+        ),
+        "",
+        *side_by_side(rows),
         "",
         "| service | payload | concurrency | images/s | p50 ms | p95 ms | p99 ms | errors |",
         "|---|---|---|---|---|---|---|---|",
@@ -243,9 +287,20 @@ def write_results(
         f"| {r.p95_ms:.1f} | {r.p99_ms:.1f} | {r.errors} |"
         for r in rows
     ]
-    lines += ["", "Ratios (32x32 PNG, one image per request, concurrency 64):"]
+    lines += [
+        "",
+        f"`service` is `python -m app` as it starts by default here: {os.cpu_count()} "
+        f"processes (WORKERS = the CPUs), {setups.get('service', '?')}; `single` is the same "
+        f"code as round 1 ran it: WORKERS=1, INFERENCE_BACKEND=tensorflow "
+        f"({setups.get('single', '?')}).",
+        "",
+        "Ratios (32x32 PNG, one image per request, concurrency 64):",
+    ]
     if ours := find("service", "png32", 64):
-        lines.append(f"- service / bare model at batch 256: {ours.images_per_s / bare[256]:.2f}")
+        name, rates = next(iter(bare.items()))
+        lines.append(
+            f"- service / bare model ({name}) at batch 256: {ours.images_per_s / rates[256]:.2f}"
+        )
         if naive := find("naive", "png32", 64):
             ratio = ours.images_per_s / max(naive.images_per_s, 1e-9)
             lines.append(f"- service / naive baseline: {ratio:.1f}x")
@@ -257,12 +312,43 @@ def write_results(
         lines.append(f"- service p99 at concurrency 1 (32x32 PNG): {row.p99_ms:.1f} ms")
     if row := find("service", "jpeg4000x3000", 1):
         lines.append(f"- service p50 at concurrency 1 (4000x3000 JPEG): {row.p50_ms:.1f} ms")
+    for concurrency in CONCURRENCY:
+        if row := find("service", "png32", concurrency):
+            lines.append(
+                f"- service p99 / p50 at concurrency {concurrency} (32x32 PNG): "
+                f"{row.p99_ms / max(row.p50_ms, 1e-9):.1f}"
+            )
+    ours = ("service", "single")
     lines.append(
-        f"- errors in service runs: {sum(r.errors for r in rows if r.service == 'service')}"
+        f"- errors in service and single runs: {sum(r.errors for r in rows if r.service in ours)}"
     )
-    lines += peer_lines(rows, measured_peers, skipped, find)
+    others = ("single", *measured_peers)
+    compared = [name for name in others if any(r.service == name for r in rows)]
+    lines += peer_lines(rows, compared, skipped, find)
     (folder / "serving.md").write_text("\n".join(lines) + "\n")
     plot(rows, bare, folder)
+
+
+def side_by_side(rows: list[Row]) -> list[str]:
+    """Images/s of every server per payload and concurrency, one column each."""
+    servers = list(dict.fromkeys(r.service for r in rows))
+    cells = {(r.service, r.payload, r.concurrency): r for r in rows}
+    lines = [
+        "Images/s (p99 ms), side by side:",
+        "",
+        "| payload | concurrency | " + " | ".join(servers) + " |",
+        "|---|---|" + "---|" * len(servers),
+    ]
+    for payload in dict.fromkeys(r.payload for r in rows):
+        for concurrency in CONCURRENCY:
+            shown = [
+                f"{c.images_per_s:.0f} ({c.p99_ms:.0f})"
+                if (c := cells.get((server, payload, concurrency)))
+                else "-"
+                for server in servers
+            ]
+            lines.append(f"| {payload} | {concurrency} | " + " | ".join(shown) + " |")
+    return lines
 
 
 def peer_lines(
@@ -271,14 +357,14 @@ def peer_lines(
     skipped: dict[str, str],
     find: Callable[[str, str, int], Row | None],
 ) -> list[str]:
-    """This service / each peer, images/s at the same payload and concurrency; skipped peers."""
+    """This service / each other server, images/s at the same payload and concurrency."""
     lines = []
     if measured:
-        pins = ", ".join(peers.PEERS[name].requirements[0] for name in measured)
+        pins = ", ".join(peers.PEERS[n].requirements[0] for n in measured if n in peers.PEERS)
         lines += [
             "",
-            f"This service / peer, images/s at the same payload and concurrency (peers: {pins}, "
-            "configured as benchmarks/peers/ says):",
+            "This service / the others, images/s at the same payload and concurrency (peers: "
+            f"{pins or 'none'}, configured as benchmarks/peers/ says):",
             "",
             "| payload | concurrency | " + " | ".join(f"service / {n}" for n in measured) + " |",
             "|---|---|" + "---|" * len(measured),
@@ -297,6 +383,13 @@ def peer_lines(
     return lines
 
 
+def served_as(port: int) -> str:
+    """How a running instance of this service computes: backend and precision, from /health."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+        health = json.load(response)
+    return f"{health['backend']} {health['precision']}"
+
+
 def _cpu_model() -> str:
     """The CPU's model name as Linux reports it, for the results to name the machine."""
     with contextlib.suppress(OSError):
@@ -311,7 +404,7 @@ def _shown(path: Path) -> Path:
     return path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path
 
 
-def plot(rows: list[Row], bare: dict[int, float], folder: Path) -> None:
+def plot(rows: list[Row], bare: dict[str, dict[int, float]], folder: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -321,7 +414,7 @@ def plot(rows: list[Row], bare: dict[int, float], folder: Path) -> None:
     fig, axes = plt.subplots(
         1, len(payloads), figsize=(4 * len(payloads), 3.6), sharey=False, squeeze=False
     )
-    styles = {"service": "o-", "naive": "s--", "litserve": "^-.", "bentoml": "v:"}
+    styles = {"service": "o-", "single": "D-", "naive": "s--", "litserve": "^-.", "bentoml": "v:"}
     for axis, payload in zip(axes[0], payloads, strict=True):
         for service, style in styles.items():
             points = [
@@ -331,7 +424,8 @@ def plot(rows: list[Row], bare: dict[int, float], folder: Path) -> None:
             ]
             if points:
                 axis.plot(*zip(*points, strict=True), style, label=service)
-        axis.axhline(bare[256], color="grey", linestyle=":", label="bare model, batch 256")
+        for (name, rates), shade in zip(bare.items(), ("grey", "silver"), strict=False):
+            axis.axhline(rates[256], color=shade, linestyle=":", label=f"bare {name}, batch 256")
         axis.set(title=payload, xlabel="concurrency", xscale="log", yscale="log")
         axis.set_xticks(CONCURRENCY, [str(c) for c in CONCURRENCY])
     axes[0][0].set_ylabel("images/s")
@@ -346,7 +440,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "cifar10")
     parser.add_argument(
         "--only",
-        choices=("service", "naive", *peers.PEERS),
+        choices=("service", "single", "naive", *peers.PEERS),
         help="measure this one alone and write no results",
     )
     parser.add_argument(
@@ -365,7 +459,7 @@ def main() -> None:
         "--out", type=Path, default=RESULTS, help="folder for serving.{md,csv} and the plot"
     )
     args = parser.parse_args()
-    wanted = ["service", "naive", *args.peers] if args.only is None else [args.only]
+    wanted = ["service", "single", "naive", *args.peers] if args.only is None else [args.only]
     ensure_wrk()
 
     # Peers first: a venv made on first use takes minutes, and one that fails is only skipped.
@@ -384,14 +478,26 @@ def main() -> None:
         make_payloads(folder)
         print("bare model ...", flush=True)
         bare = bare_model(args.model, seconds=min(args.duration, 5))
-        print({k: round(v) for k, v in bare.items()}, flush=True)
+        print({name: {b: round(v) for b, v in r.items()} for name, r in bare.items()}, flush=True)
         rows: list[Row] = []
+        setups: dict[str, str] = {}  # this service's instances: backend and precision
         # name -> (command, extra environment, port, path that answers once it serves)
         services = {
             "service": (
                 [sys.executable, "-m", "app"],
                 {"PORT": "8101", "LOG_LEVEL": "warning"},
                 8101,
+                "/docs",
+            ),
+            "single": (
+                [sys.executable, "-m", "app"],
+                {
+                    "PORT": "8105",
+                    "LOG_LEVEL": "warning",
+                    "WORKERS": "1",
+                    "INFERENCE_BACKEND": "tensorflow",
+                },
+                8105,
                 "/docs",
             ),
             "naive": (
@@ -430,11 +536,16 @@ def main() -> None:
                 print(f"{service}: skipped ({exc})", flush=True)
                 continue
             try:
+                if service in ("service", "single"):
+                    # /docs answers once the first process serves; the others load after it.
+                    # (The peers' ready paths wait for all their workers.)
+                    settle(process)
+                    setups[service] = served_as(port)
                 rows += measure(service, port, folder, args.duration, args.payloads)
             finally:
                 stop(process)
     if not args.only:
-        write_results(rows, bare, args.model, args.duration, args.out, skipped)
+        write_results(rows, bare, args.model, args.duration, args.out, skipped, setups)
 
 
 def parse_payloads(value: str) -> list[str]:
