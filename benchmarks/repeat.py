@@ -18,10 +18,13 @@ from app.model import load_classifier
 from benchmarks.run import (
     RESULTS,
     ROOT,
+    _cpu_model,
+    _shown,
     bare_rate,
     drive,
     ensure_wrk,
     make_payloads,
+    settle,
     start,
     stop,
 )
@@ -51,6 +54,7 @@ def main() -> None:
         for run in range(args.runs):
             service = start([sys.executable, "-m", "app"], PORT, env)
             try:
+                settle(service)  # every worker process loaded
                 drive(PORT, payload, 1, 8, 2)  # warm-up, not recorded
                 stats = drive(PORT, payload, 1, 64, args.duration)
             finally:
@@ -63,8 +67,10 @@ def main() -> None:
     ratios = [rate / bare for rate, bare in zip(rates, bares, strict=True)]
     lines = [
         f"Measured by `python -m benchmarks.repeat --runs {args.runs} --duration "
-        f"{args.duration:g}`: the service, 32x32 PNG, one image per request, concurrency 64, "
-        "against the bare model at batch 256 measured right after each run.",
+        f"{args.duration:g} --model {_shown(args.model)}` on {os.cpu_count()} CPUs "
+        f"({_cpu_model()}): the service ({classifier.backend} {classifier.precision}), 32x32 "
+        "PNG, one image per request, concurrency 64, against the bare model at batch 256 "
+        "measured right after each run.",
         "",
         "| run | service images/s | bare images/s | service / bare |",
         "|---|---|---|---|",
