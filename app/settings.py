@@ -185,6 +185,8 @@ class Settings(BaseSettings):
 
     @property
     def openvino_threads(self) -> int:
+        """The whole quota in every process: a lone large request gets every core, and under
+        load the OS shares them out (benchmarks/results/split.md)."""
         return self.inference_threads or self.cpus
 
     @property

@@ -17,7 +17,7 @@ import numpy as np
 from app.backends import installed
 from app.cpu import available_cpus
 from app.model import load_classifier
-from benchmarks.run import RESULTS, ROOT, _cpu_model, _shown
+from benchmarks.run import RESULTS, ROOT, cpu_model, shown
 
 GAPS_S = (0.0, 0.002)
 
@@ -44,7 +44,7 @@ def main() -> None:
     cpus = available_cpus()
     lines = [
         f"Measured by `python -m benchmarks.model_latency --calls {args.calls}` on {cpus} CPUs "
-        f"({_cpu_model()}), model `{_shown(args.model)}`: one call at batch 1, ms.",
+        f"({cpu_model()}), model `{shown(args.model)}`: one call at batch 1, ms.",
         "",
         "| backend | pause before each call | p50 ms | p90 ms | p99 ms |",
         "|---|---|---|---|---|",

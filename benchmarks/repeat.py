@@ -18,13 +18,13 @@ from app.model import load_classifier
 from benchmarks.run import (
     RESULTS,
     ROOT,
-    _cpu_model,
-    _shown,
     bare_rate,
+    cpu_model,
     drive,
     ensure_wrk,
     make_payloads,
     settle,
+    shown,
     start,
     stop,
 )
@@ -67,8 +67,8 @@ def main() -> None:
     ratios = [rate / bare for rate, bare in zip(rates, bares, strict=True)]
     lines = [
         f"Measured by `python -m benchmarks.repeat --runs {args.runs} --duration "
-        f"{args.duration:g} --model {_shown(args.model)}` on {os.cpu_count()} CPUs "
-        f"({_cpu_model()}): the service ({classifier.backend} {classifier.precision}), 32x32 "
+        f"{args.duration:g} --model {shown(args.model)}` on {os.cpu_count()} CPUs "
+        f"({cpu_model()}): the service ({classifier.backend} {classifier.precision}), 32x32 "
         "PNG, one image per request, concurrency 64, against the bare model at batch 256 "
         "measured right after each run.",
         "",

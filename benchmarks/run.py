@@ -268,8 +268,8 @@ def write_results(
     measured_peers = [name for name in peers.PEERS if any(r.service == name for r in rows)]
     lines = [
         f"Measured by `python -m benchmarks.run --duration {seconds:g}` on {platform.node()} "
-        f"({os.cpu_count()} CPUs, {_cpu_model()}), "
-        f"model `{_shown(model_dir)}`, wrk with 1 thread, {seconds:g} s per cell.",
+        f"({os.cpu_count()} CPUs, {cpu_model()}), "
+        f"model `{shown(model_dir)}`, wrk with 1 thread, {seconds:g} s per cell.",
         "",
         *(
             f"Bare model, {name}, no HTTP: "
@@ -390,7 +390,7 @@ def served_as(port: int) -> str:
     return f"{health['backend']} {health['precision']}"
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     """The CPU's model name as Linux reports it, for the results to name the machine."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -399,7 +399,7 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _shown(path: Path) -> Path:
+def shown(path: Path) -> Path:
     """The path relative to the repository when it is inside it, so results name no home."""
     return path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path
 

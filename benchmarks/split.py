@@ -18,11 +18,12 @@ from pathlib import Path
 from benchmarks.run import (
     RESULTS,
     ROOT,
-    _cpu_model,
-    _shown,
+    cpu_model,
     drive,
+    ensure_wrk,
     make_payloads,
     settle,
+    shown,
     start,
     stop,
 )
@@ -58,6 +59,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     cpus = os.cpu_count() or 1
+    ensure_wrk()
     env = os.environ | {
         "MODEL_DIR": str(args.model),
         "PORT": str(PORT),
@@ -97,8 +99,8 @@ def write(seen: dict, args: argparse.Namespace, cpus: int) -> None:
     )
     lines = [
         f"Measured by `python -m benchmarks.split --rounds {args.rounds} --duration "
-        f"{args.duration:g}` on {cpus} CPUs ({_cpu_model()}), model "
-        f"`{_shown(args.model)}`, OpenVINO f32: median of {args.rounds} rounds per cell, "
+        f"{args.duration:g}` on {cpus} CPUs ({cpu_model()}), model "
+        f"`{shown(args.model)}`, OpenVINO f32: median of {args.rounds} rounds per cell, "
         "images/s (p50 / p99 ms).",
         "",
         f"| split | {header} |",
