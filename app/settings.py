@@ -98,7 +98,8 @@ class Settings(BaseSettings):
         None,
         ge=1,
         description="Serving processes sharing the port, each with its own model and batcher "
-        "(None: one per CPU of the quota); each sizes its threads by CPUs / WORKERS.",
+        "(None: one per CPU of the quota); each sizes its TensorFlow and decode threads by "
+        "CPUs / WORKERS (OpenVINO: INFERENCE_THREADS).",
     )
     host: str = Field("0.0.0.0", description="Address uvicorn binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port uvicorn binds.")

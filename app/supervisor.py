@@ -2,8 +2,9 @@
 
 The parent binds the port and starts each worker as `python -m app` itself, handing it the
 listening socket (its fd in APP_LISTEN_FD) and a PROMETHEUS_MULTIPROC_DIR of its own making;
-each worker loads its own model versions, batchers and thread pools (app.settings gives each
-CPUs / WORKERS). The parent imports neither TensorFlow nor the app, and:
+each worker loads its own model versions, batchers and thread pools (app.settings sizes them:
+TensorFlow and decoding by CPUs / WORKERS, OpenVINO by INFERENCE_THREADS). The parent imports
+neither TensorFlow nor the app, and:
 
 - starts the first worker alone and the others once it listens, so a model that cannot be
   served is reported once, by one worker, and the parent exits 3 (uvicorn's failed start);
