@@ -267,7 +267,7 @@ def write_results(
 
     measured_peers = [name for name in peers.PEERS if any(r.service == name for r in rows)]
     lines = [
-        f"Measured by `python -m benchmarks.run --duration {seconds:g}` on {platform.node()} "
+        f"Measured by `python -m benchmarks.run {' '.join(sys.argv[1:])}` on {platform.node()} "
         f"({os.cpu_count()} CPUs, {cpu_model()}), "
         f"model `{shown(model_dir)}`, wrk with 1 thread, {seconds:g} s per cell.",
         "",
