@@ -58,7 +58,8 @@ BatcherFactory = Callable[[Classifier], Batcher]
 
 
 class ModelRepository:
-    """Owns every loaded version; routes take one with `lease` for the length of a request."""
+    """Owns every loaded version; a route holds one with `acquire` and `release` for
+    the length of a request."""
 
     def __init__(
         self,

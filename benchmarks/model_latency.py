@@ -14,10 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from app.backends import installed
 from app.cpu import available_cpus
 from app.model import load_classifier
-from benchmarks.run import RESULTS, ROOT, cpu_model, shown
+from benchmarks.run import RESULTS, ROOT, backends_here, cpu_model, shown
 
 GAPS_S = (0.0, 0.002)
 
@@ -49,9 +48,7 @@ def main() -> None:
         "| backend | pause before each call | p50 ms | p90 ms | p99 ms |",
         "|---|---|---|---|---|",
     ]
-    for backend in ("openvino", "tensorflow"):
-        if not installed(backend):
-            continue
+    for backend in backends_here():
         classifier = load_classifier(args.model, backend=backend, threads=cpus)
         images = np.zeros((1, classifier.height, classifier.width, 3), np.uint8)
         for gap_s in GAPS_S:

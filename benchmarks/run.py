@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from app.backends import installed
+from app.backends import installed, resolve_backend
 from app.model import Classifier, load_classifier
 from benchmarks import peers
 
@@ -81,15 +81,18 @@ def make_payloads(folder: Path) -> None:
 
 def bare_model(model_dir: Path, seconds: float) -> dict[str, dict[int, float]]:
     """Images/s of the model called directly, per backend ("openvino f32") and batch size."""
-    rates: dict[str, dict[int, float]] = {}  # the first: what `auto` picks
-    for backend in ("auto", "openvino", "tensorflow"):
-        if backend != "auto" and not installed(backend):
-            continue
+    rates: dict[str, dict[int, float]] = {}
+    for backend in backends_here():
         classifier = load_classifier(model_dir, backend=backend)
         name = f"{classifier.backend} {classifier.precision}"
-        if name not in rates:
-            rates[name] = {batch: bare_rate(classifier, batch, seconds) for batch in (1, 32, 256)}
+        rates[name] = {batch: bare_rate(classifier, batch, seconds) for batch in (1, 32, 256)}
     return rates
+
+
+def backends_here() -> list[str]:
+    """The installed runtimes, the one INFERENCE_BACKEND=auto picks first."""
+    chosen = resolve_backend("auto")
+    return [chosen, *(b for b in ("openvino", "tensorflow") if b != chosen and installed(b))]
 
 
 def bare_rate(classifier: Classifier, batch: int, seconds: float) -> float:
