@@ -3,9 +3,10 @@
     python -m benchmarks.split [--rounds 3] [--duration 5] [--model models/cifar10/1]
 
 Starts the service once per split (WORKERS processes, each OpenVINO call on INFERENCE_THREADS
-CPUs), round after round so that a machine whose speed drifts treats every split alike, drives
-each with wrk (a 32x32 PNG at concurrency 1, 8 and 64; requests of 16 PNGs at 1 and 8) and
-writes the median of the rounds per cell to benchmarks/results/split.md.
+CPUs), and once as round 1 ran it (`single`: one process on TensorFlow), round after round so
+that a machine whose speed drifts treats every row alike, drives each with wrk (a 32x32 PNG at
+concurrency 1, 8 and 64; requests of 16 PNGs at 1 and 8; a 4000x3000 JPEG at 8) and writes the
+median of the rounds per cell to benchmarks/results/split.md.
 """
 
 import argparse
@@ -36,18 +37,23 @@ CELLS = (
     ("png32.png", 1, 64),
     ("png32.png", 16, 1),
     ("png32.png", 16, 8),
+    ("jpeg4000x3000.jpg", 1, 8),
 )
+SINGLE = "single (round 1: 1 process, TensorFlow)"
+
+
+def default_split(cpus: int) -> str:
+    return f"{cpus} processes x {cpus} threads (default)"
 
 
 def splits(cpus: int) -> dict[str, dict[str, str]]:
-    """Name -> environment: one process with every CPU; a process per CPU with one CPU or all."""
+    """Name -> environment: one process with every CPU; a process per CPU with one CPU or all;
+    and round 1's single TensorFlow process, which no split may be slower than."""
     return {
         f"1 process x {cpus} threads": {"WORKERS": "1", "INFERENCE_THREADS": str(cpus)},
         f"{cpus} processes x 1 thread": {"WORKERS": str(cpus), "INFERENCE_THREADS": "1"},
-        f"{cpus} processes x {cpus} threads (default)": {
-            "WORKERS": str(cpus),
-            "INFERENCE_THREADS": str(cpus),
-        },
+        default_split(cpus): {"WORKERS": str(cpus), "INFERENCE_THREADS": str(cpus)},
+        SINGLE: {"WORKERS": "1", "INFERENCE_BACKEND": "tensorflow"},
     }
 
 
@@ -95,29 +101,38 @@ def main() -> None:
 
 def write(seen: dict, args: argparse.Namespace, cpus: int) -> None:
     header = " | ".join(
-        f"{'16 PNGs' if count == 16 else 'PNG'} c={concurrency}" for _, count, concurrency in CELLS
+        f"{payload_label(file, count)} c={concurrency}" for file, count, concurrency in CELLS
     )
     lines = [
         f"Measured by `python -m benchmarks.split --rounds {args.rounds} --duration "
         f"{args.duration:g}` on {cpus} CPUs ({cpu_model()}), model "
-        f"`{shown(args.model)}`, OpenVINO f32: median of {args.rounds} rounds per cell, "
-        "images/s (p50 / p99 ms).",
+        f"`{shown(args.model)}`, OpenVINO f32 (TensorFlow f32 in `single`): median of "
+        f"{args.rounds} rounds per cell, images/s (p50 / p99 ms).",
         "",
         f"| split | {header} |",
         "|---|" + "---|" * len(CELLS),
     ]
-    for name, cells in seen.items():
-        row = []
-        for cell in CELLS:
-            runs = cells[cell]
-            rate = statistics.median(r[0] for r in runs)
-            p50 = statistics.median(r[1] for r in runs)
-            p99 = statistics.median(r[2] for r in runs)
-            row.append(f"{rate:.0f} ({p50:.1f} / {p99:.1f})")
+    medians = {
+        name: {
+            cell: [statistics.median(run[i] for run in runs) for i in range(3)]
+            for cell, runs in cells.items()
+        }
+        for name, cells in seen.items()
+    }
+    for name, cells in medians.items():
+        row = [f"{rate:.0f} ({p50:.1f} / {p99:.1f})" for rate, p50, p99 in cells.values()]
         lines.append(f"| {name} | " + " | ".join(row) + " |")
+    default, single = medians[default_split(cpus)], medians[SINGLE]
+    ratios = [f"{default[cell][0] / single[cell][0]:.2f}" for cell in CELLS]
+    lines.append("| default / single (images/s) | " + " | ".join(ratios) + " |")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "split.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def payload_label(file: str, count: int) -> str:
+    name = {"png32.png": "PNG", "jpeg4000x3000.jpg": "4000x3000 JPEG"}[file]
+    return f"{count} {name}s" if count > 1 else name
 
 
 if __name__ == "__main__":
