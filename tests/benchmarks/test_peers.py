@@ -49,3 +49,20 @@ def test_peers_are_chosen_by_name_or_none() -> None:
     assert parse_peers("none") == []
     with pytest.raises(argparse.ArgumentTypeError, match="unknown peer torchserve"):
         parse_peers("torchserve")
+
+
+def test_the_http_floor_decodes_every_upload_and_answers_each() -> None:
+    """The floor does the peers' work per upload: a file Pillow cannot read fails it."""
+    from fastapi.testclient import TestClient
+
+    from benchmarks.http_floor import app
+
+    client = TestClient(app, raise_server_exceptions=False)
+    pngs = [("files", (name, image_bytes("PNG", seed=seed))) for seed, name in enumerate("ab")]
+
+    answered = client.post("/predict", files=pngs)
+    refused = client.post("/predict", files=[*pngs, ("files", ("c.png", b"not an image"))])
+
+    assert answered.status_code == 200
+    assert [set(p["probabilities"]) for p in answered.json()["predictions"]] == [set(LABELS)] * 2
+    assert refused.status_code == 500
