@@ -6,7 +6,6 @@ pool, a thread hop per dependency per request that cost ~15 % of throughput unde
 
 import secrets
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated
 
 from fastapi import Depends, Query, Request, Security
@@ -16,6 +15,7 @@ from app.batcher import Batcher
 from app.errors import ApiError
 from app.model import Classifier
 from app.repository import ModelRepository, ServedVersion, VersionNotFound
+from app.serving import DecodePool
 from app.settings import Settings
 from app.uploads import Upload, read_uploads
 
@@ -69,14 +69,14 @@ async def get_batcher(served: ServedDep) -> Batcher:
     return served.batcher
 
 
-async def get_decode_pool(request: Request) -> ThreadPoolExecutor:
+async def get_decode_pool(request: Request) -> DecodePool:
     return request.app.state.decode_pool
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 ClassifierDep = Annotated[Classifier, Depends(get_classifier)]
 BatcherDep = Annotated[Batcher, Depends(get_batcher)]
-DecodePoolDep = Annotated[ThreadPoolExecutor, Depends(get_decode_pool)]
+DecodePoolDep = Annotated[DecodePool, Depends(get_decode_pool)]
 
 _api_key_header = APIKeyHeader(
     name="X-API-Key", auto_error=False, description="Needed only when the API_KEY setting is set."

@@ -6,7 +6,6 @@ import logging
 import signal
 import threading
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from app.model import (
 )
 from app.repository import ModelRepository, RepositoryEvent
 from app.routers import docs, explain, health, inference_protocol, metrics, model_info, predict, web
+from app.serving import DecodePool
 from app.settings import Settings, get_settings
 
 logger = logging.getLogger("app")
@@ -76,7 +76,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.batch_workers,
         settings.version_policy,
     )
-    decode_pool = ThreadPoolExecutor(settings.image_decode_threads, thread_name_prefix="decode")
+    decode_pool = DecodePool(settings.image_decode_threads, settings.full_size_decodes)
     app.state.repository = repository
     app.state.decode_pool = decode_pool
     app.state.ready = True
@@ -88,7 +88,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.ready = False
         watcher.cancel()
         await repository.close()
-        decode_pool.shutdown(wait=True)
+        decode_pool.shutdown()
 
 
 def _load_version(settings: Settings, path: Path) -> Classifier:

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import Query, Request
+from PIL import Image
 
 from app.batcher import Batcher, BatcherClosed, QueueFull
 from app.errors import ApiError
@@ -30,6 +31,9 @@ from app.uploads import Upload
 
 # Images up to this many pixels decode on the event loop: handing them to a thread costs more.
 INLINE_DECODE_PIXELS = 256 * 256
+# Above this many pixels a decode holds a full-size image in memory (JPEGs never: they decode at
+# 1/2..1/8 scale), so only a few run at once, whatever the threads.
+FULL_SIZE_DECODE_PIXELS = 4_000_000
 MAX_FILENAME_CHARS = 255
 _REJECTION_STATUS: dict[type[ImageRejected], int] = {
     EmptyImage: 400,
@@ -37,6 +41,30 @@ _REJECTION_STATUS: dict[type[ImageRejected], int] = {
     UnsupportedImage: 415,
     ImageTooLarge: 413,
 }
+
+
+class DecodePool:
+    """Threads that decode images too large for the event loop.
+
+    Every CPU may decode (a process can take the CPU another leaves idle), but at most
+    `full_size` images decode at full size at once: their pixels are what decoding costs in
+    memory, so that bound is what MAX_IMAGE_PIXELS times the CPUs per process allows.
+    """
+
+    def __init__(self, threads: int, full_size: int) -> None:
+        self.executor = ThreadPoolExecutor(threads, thread_name_prefix="decode")
+        self._full_size = asyncio.Semaphore(full_size)
+
+    async def decode(self, image: Image.Image, size: int) -> np.ndarray:
+        decode = functools.partial(to_model_input, image, size=size)
+        loop = asyncio.get_running_loop()
+        if image.format == "JPEG" or image.width * image.height <= FULL_SIZE_DECODE_PIXELS:
+            return await loop.run_in_executor(self.executor, decode)
+        async with self._full_size:
+            return await loop.run_in_executor(self.executor, decode)
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=True)
 
 
 def filenames(files: Sequence[Upload]) -> list[str]:
@@ -65,7 +93,7 @@ async def decode_all(
     names: Sequence[str],
     classifier: Classifier,
     max_pixels: int,
-    pool: ThreadPoolExecutor,
+    pool: DecodePool,
 ) -> np.ndarray:
     """Decode every upload (large ones in the pool); the first bad file fails the request."""
     decodes = [_decode_one(upload, classifier, max_pixels, pool) for upload in files]
@@ -87,13 +115,12 @@ async def decode_all(
 
 
 async def _decode_one(
-    upload: Upload, classifier: Classifier, max_pixels: int, pool: ThreadPoolExecutor
+    upload: Upload, classifier: Classifier, max_pixels: int, pool: DecodePool
 ) -> np.ndarray:
     image = open_image(upload.data, max_pixels=max_pixels)
-    decode = functools.partial(to_model_input, image, size=classifier.height)
     if image.width * image.height <= INLINE_DECODE_PIXELS:
-        return decode()
-    return await asyncio.get_running_loop().run_in_executor(pool, decode)
+        return to_model_input(image, size=classifier.height)
+    return await pool.decode(image, classifier.height)
 
 
 def submit(batcher: Batcher, images: np.ndarray) -> asyncio.Future[np.ndarray]:

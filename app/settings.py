@@ -90,7 +90,11 @@ class Settings(BaseSettings):
         "CPUs of the quota; the OS shares them between processes under load).",
     )
     decode_threads: int | None = Field(
-        None, ge=1, description="Threads that decode large images off the event loop."
+        None,
+        ge=1,
+        description="Threads that decode large images off the event loop, in every process "
+        "(None: all the CPUs of the quota); full-size decodes (not JPEG, over 4 megapixels) "
+        "run at most CPUs / WORKERS at once per process, which bounds their memory.",
     )
 
     # Process (used by `python -m app`)
@@ -98,8 +102,8 @@ class Settings(BaseSettings):
         None,
         ge=1,
         description="Serving processes sharing the port, each with its own model and batcher "
-        "(None: one per CPU of the quota); each sizes its TensorFlow and decode threads by "
-        "CPUs / WORKERS (OpenVINO: INFERENCE_THREADS).",
+        "(None: one per CPU of the quota); each sizes its TensorFlow threads by CPUs / WORKERS "
+        "(OpenVINO: INFERENCE_THREADS; decoding: DECODE_THREADS).",
     )
     host: str = Field("0.0.0.0", description="Address uvicorn binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port uvicorn binds.")
@@ -192,7 +196,16 @@ class Settings(BaseSettings):
 
     @property
     def image_decode_threads(self) -> int:
-        return self.decode_threads or self.cpus_per_process
+        """Like OpenVINO's threads, the whole quota in every process: with WORKERS > 1 the
+        kernel spreads connections unevenly, and a process decoding more photos than the other
+        may use the CPU it leaves idle (benchmarks/results/split.md)."""
+        return self.decode_threads or self.cpus
+
+    @property
+    def full_size_decodes(self) -> int:
+        """Full-size decodes at once per process: their memory stays what CPUs / WORKERS
+        threads allowed before every process could decode on every CPU."""
+        return min(self.image_decode_threads, self.cpus_per_process)
 
 
 @lru_cache

@@ -104,7 +104,7 @@ async def explain(
     per_image = probabilities.reshape(len(images), grid.inputs_per_image, -1)
     maps = [occlusion.sensitivity(rows, int(np.argmax(rows[0])), grid) for rows in per_image]
     pictures = await asyncio.get_running_loop().run_in_executor(
-        decode_pool, _pictures, images, maps, grid, heatmap
+        decode_pool.executor, _pictures, images, maps, grid, heatmap
     )
     return ExplainResponse(
         model=classifier.name,

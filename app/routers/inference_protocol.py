@@ -7,7 +7,6 @@ the same decoding. Errors are the protocol's `{"error": "..."}` (see app.errors)
 
 import asyncio
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Annotated, Any
 
@@ -277,7 +276,7 @@ async def _input_images(
     chunks: list[bytes],
     classifier: Classifier,
     settings: Settings,
-    decode_pool: ThreadPoolExecutor,
+    decode_pool: serving.DecodePool,
 ) -> np.ndarray:
     """The one input as model-ready uint8 images: a UINT8 tensor as sent, or BYTES decoded."""
     if len(request.inputs) != 1 or request.inputs[0].name != INPUT:

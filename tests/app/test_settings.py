@@ -44,7 +44,8 @@ def test_worker_processes_share_the_quota(
 
     assert (settings.processes, settings.cpus_per_process) == (processes, per_process)
     assert (settings.batch_workers, settings.tf_intra_op_threads) == (batch_workers, intra_op)
-    assert settings.image_decode_threads == per_process
+    # every process may decode on every CPU; full-size decodes keep the per-process share
+    assert (settings.image_decode_threads, settings.full_size_decodes) == (cpus, per_process)
 
 
 def test_workers_default_to_the_cpus_of_the_quota(monkeypatch) -> None:
