@@ -57,11 +57,15 @@ class DecodePool:
 
     async def decode(self, image: Image.Image, size: int) -> np.ndarray:
         decode = functools.partial(to_model_input, image, size=size)
-        loop = asyncio.get_running_loop()
         if image.format == "JPEG" or image.width * image.height <= FULL_SIZE_DECODE_PIXELS:
-            return await loop.run_in_executor(self.executor, decode)
-        async with self._full_size:
-            return await loop.run_in_executor(self.executor, decode)
+            return await asyncio.wrap_future(self.executor.submit(decode))
+        await self._full_size.acquire()
+        running = self.executor.submit(decode)
+        # Released when the thread is done, not when this coroutine is: a request cancelled
+        # mid-decode still holds its pixels until the thread lets go of them.
+        loop = asyncio.get_running_loop()
+        running.add_done_callback(lambda _: loop.call_soon_threadsafe(self._full_size.release))
+        return await asyncio.wrap_future(running)
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=True)

@@ -71,3 +71,21 @@ async def test_jpegs_and_smaller_images_use_every_thread(in_flight) -> None:
 
     assert jpeg_most > 1
     assert in_flight["most"] > 1
+
+
+async def test_a_cancelled_full_size_decode_holds_its_place_until_its_thread_is_done(
+    in_flight,
+) -> None:
+    """A request that goes away mid-decode frees no memory until the thread lets go of it."""
+    png = image_bytes("PNG", size=BIG)
+    pool = DecodePool(threads=4, full_size=1)
+    try:
+        first = asyncio.ensure_future(pool.decode(open_image(png, max_pixels=MAX_PIXELS), 32))
+        await asyncio.sleep(0.01)  # the first decode's thread is running
+        first.cancel()
+        await pool.decode(open_image(png, max_pixels=MAX_PIXELS), 32)
+    finally:
+        pool.shutdown()
+
+    assert first.cancelled()
+    assert in_flight["most"] == 1
