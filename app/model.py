@@ -25,7 +25,11 @@ def resolve_version_dir(path: Path) -> Path:
         return path
     if not path.is_dir():
         raise ModelLoadError(path, "no such directory")
-    versions = [child for child in path.iterdir() if child.is_dir() and child.name.isdigit()]
+    versions = [
+        child
+        for child in path.iterdir()
+        if child.is_dir() and child.name.isascii() and child.name.isdigit()
+    ]
     if not versions:
         raise ModelLoadError(path, "no saved_model.pb and no integer version folder inside")
     return max(versions, key=lambda child: int(child.name))

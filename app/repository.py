@@ -190,7 +190,7 @@ class ModelRepository:
         return {
             int(child.name): _fingerprint(child)
             for child in children
-            if child.name.isdigit() and child.is_dir()
+            if child.name.isascii() and child.name.isdigit() and child.is_dir()
         }
 
     def _version_dir(self, version: int) -> Path:

@@ -298,7 +298,11 @@ class FitClock(keras.callbacks.Callback):
 
 
 def next_version(model_root: Path) -> int:
-    versions = [int(p.name) for p in model_root.glob("*") if p.is_dir() and p.name.isdigit()]
+    versions = [
+        int(p.name)
+        for p in model_root.glob("*")
+        if p.is_dir() and p.name.isascii() and p.name.isdigit()
+    ]
     return max(versions, default=0) + 1
 
 

@@ -84,7 +84,7 @@ INFER_BODY = {
 def _hold(repository: ModelRepository, name: str, version: str | None) -> Iterator[ServedVersion]:
     """The named version (default: the highest loaded), held for this request."""
     _check_name(repository, name)
-    if version is not None and not version.isdigit():
+    if version is not None and not (version.isascii() and version.isdigit()):  # not '³'
         raise ApiError(404, "not_found", f"version '{version}' is not an integer")
     try:
         served = repository.acquire(None if version is None else int(version))

@@ -27,7 +27,11 @@ def version_dir(path: Path) -> Path:
     """A version folder as given, or the highest integer version inside a model folder."""
     if (path / "saved_model.pb").is_file():
         return path
-    versions = [child for child in path.iterdir() if child.is_dir() and child.name.isdigit()]
+    versions = [
+        child
+        for child in path.iterdir()
+        if child.is_dir() and child.name.isascii() and child.name.isdigit()
+    ]
     if not versions:
         raise ValueError(f"{path}: no saved_model.pb and no integer version folder inside")
     return max(versions, key=lambda child: int(child.name))

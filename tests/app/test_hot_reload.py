@@ -180,6 +180,9 @@ async def test_the_policy_decides_which_versions_serve(tmp_path: Path) -> None:
     model_dir = tmp_path / "cifar10"
     for version in (1, 2, 3):
         export_tiny_model(model_dir / str(version), version=version)
+    # Not versions, though str.isdigit() says so: superscript 2, Arabic-Indic 11.
+    for other in ("\u00b2", "\u0661\u0661"):
+        (model_dir / other).mkdir()
 
     async with running(model_dir, model_version_policy="specific:1,3") as (repository, client):
         assert repository.versions == [3, 1]

@@ -250,7 +250,7 @@ def test_a_bytes_element_that_is_not_an_image_names_it(client: Any) -> None:
 
 def test_unknown_models_and_versions_are_404(client: Any) -> None:
     assert infer(client, json_request(pixels(1)), path="/v2/models/mnist/infer").status_code == 404
-    for version in ("2", "latest"):
+    for version in ("2", "latest", "\u00b3", "\u0661"):  # superscript 3, Arabic-Indic 1
         response = infer(
             client, json_request(pixels(1)), path=f"/v2/models/{MODEL}/versions/{version}/infer"
         )

@@ -27,7 +27,9 @@ def corrupt_copy(tiny_model_dir: Path, tmp_path: Path) -> Path:
 def test_highest_version_is_served(tmp_path: Path, tiny_model_dir: Path) -> None:
     for version in ("2", "10", "9"):
         shutil.copytree(tiny_model_dir / "1", tmp_path / version)
-    (tmp_path / "notes").mkdir()
+    # Not versions: int() refuses superscript 2 and reads Arabic-Indic 11 as 11.
+    for other in ("notes", "\u00b2", "\u0661\u0661"):
+        (tmp_path / other).mkdir()
 
     assert resolve_version_dir(tmp_path) == tmp_path / "10"
 
