@@ -40,6 +40,8 @@ from benchmarks.run import (
 
 GAPS_S = (0.0, 0.002)
 PORT = 8107
+FLOOR = "HTTP floor (`benchmarks/http_floor.py`, no model)"
+SERVICE = "this service (`python -m app`, defaults)"
 
 
 def latencies_ms(predict, images: np.ndarray, calls: int, gap_s: float) -> np.ndarray:
@@ -77,7 +79,7 @@ def http_rows(model: Path, rounds: int, seconds: float) -> tuple[list[str], dict
     """Table rows for the HTTP floor and the service at concurrency 1 (median of the rounds),
     each one's p50 by name, and how the service computed."""
     servers = {
-        "HTTP floor (`benchmarks/http_floor.py`, no model)": (
+        FLOOR: (
             [
                 sys.executable,
                 "-m",
@@ -91,7 +93,7 @@ def http_rows(model: Path, rounds: int, seconds: float) -> tuple[list[str], dict
             ],
             {},
         ),
-        "this service (`python -m app`, defaults)": (
+        SERVICE: (
             [sys.executable, "-m", "app"],
             {"MODEL_DIR": str(model), "PORT": str(PORT)},
         ),
@@ -106,7 +108,7 @@ def http_rows(model: Path, rounds: int, seconds: float) -> tuple[list[str], dict
                 process = start(command, PORT, os.environ | extra)
                 try:
                     settle(process)
-                    if extra:
+                    if name == SERVICE:
                         served = served_as(PORT)
                     drive(PORT, png, 1, 1, 2)  # warm-up
                     seen[name].append(drive(PORT, png, 1, 1, seconds))
@@ -136,7 +138,7 @@ def main() -> None:
     cpus = available_cpus()
     model_table, model_p50 = model_rows(args.model, args.calls, cpus)
     http_table, http_p50, served = http_rows(args.model, args.rounds, args.duration)
-    floor, service = http_p50.values()
+    floor, service = http_p50[FLOOR], http_p50[SERVICE]
     lines = [
         f"Measured by `python -m benchmarks.model_latency --calls {args.calls} --rounds "
         f"{args.rounds} --duration {args.duration:g}` on {cpus} CPUs ({cpu_model()}), model "
