@@ -13,6 +13,11 @@ OUTPUT_NAME = "probabilities"
 SIGNATURE = "serving_default"
 
 
+def is_version_name(name: str) -> bool:
+    """Version folders and URL versions are ASCII digits: str.isdigit() alone accepts '³'."""
+    return name.isascii() and name.isdigit()
+
+
 class ModelLoadError(RuntimeError):
     """The model folder is missing, corrupt, or breaks the serving contract."""
 

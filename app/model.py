@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from app.backends import Backend, BackendChoice, PrecisionChoice, installed, load_backend
-from app.contract import ModelLoadError, check_signature
+from app.contract import ModelLoadError, check_signature, is_version_name
 from app.golden import GoldenResult, GoldenSet, read_golden
 
 logger = logging.getLogger(__name__)
@@ -25,11 +25,7 @@ def resolve_version_dir(path: Path) -> Path:
         return path
     if not path.is_dir():
         raise ModelLoadError(path, "no such directory")
-    versions = [
-        child
-        for child in path.iterdir()
-        if child.is_dir() and child.name.isascii() and child.name.isdigit()
-    ]
+    versions = [child for child in path.iterdir() if child.is_dir() and is_version_name(child.name)]
     if not versions:
         raise ModelLoadError(path, "no saved_model.pb and no integer version folder inside")
     return max(versions, key=lambda child: int(child.name))

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.batcher import Batcher
+from app.contract import is_version_name
 from app.model import Classifier, ModelLoadError
 from app.version_policy import VersionPolicy
 
@@ -190,7 +191,7 @@ class ModelRepository:
         return {
             int(child.name): _fingerprint(child)
             for child in children
-            if child.name.isascii() and child.name.isdigit() and child.is_dir()
+            if is_version_name(child.name) and child.is_dir()
         }
 
     def _version_dir(self, version: int) -> Path:

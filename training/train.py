@@ -18,6 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from app.contract import is_version_name
 from training import calibration, hardware
 from training.data import Dataset, load_dataset, split_validation
 from training.evaluate import predict_probabilities, score
@@ -298,11 +299,7 @@ class FitClock(keras.callbacks.Callback):
 
 
 def next_version(model_root: Path) -> int:
-    versions = [
-        int(p.name)
-        for p in model_root.glob("*")
-        if p.is_dir() and p.name.isascii() and p.name.isdigit()
-    ]
+    versions = [int(p.name) for p in model_root.glob("*") if p.is_dir() and is_version_name(p.name)]
     return max(versions, default=0) + 1
 
 

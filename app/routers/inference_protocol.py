@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 
 from app import inference_protocol as oip
 from app import openapi, serving
+from app.contract import is_version_name
 from app.deps import DecodePoolDep, RepositoryDep, SettingsDep, serving_ready
 from app.errors import ApiError
 from app.inference_protocol import (
@@ -84,7 +85,7 @@ INFER_BODY = {
 def _hold(repository: ModelRepository, name: str, version: str | None) -> Iterator[ServedVersion]:
     """The named version (default: the highest loaded), held for this request."""
     _check_name(repository, name)
-    if version is not None and not (version.isascii() and version.isdigit()):  # not '³'
+    if version is not None and not is_version_name(version):
         raise ApiError(404, "not_found", f"version '{version}' is not an integer")
     try:
         served = repository.acquire(None if version is None else int(version))
