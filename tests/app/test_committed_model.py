@@ -87,3 +87,22 @@ def test_the_served_version_is_calibrated_as_its_metadata_says() -> None:
     assert calibration["after"]["ece"] < calibration["before"]["ece"]
     assert calibration["after"]["nll"] <= calibration["before"]["nll"]
     assert metadata["serving"]["temperature"] == metadata["serving_choice"]["temperature"]
+
+
+def test_the_blog_network_is_committed_after_its_full_schedule(make_client) -> None:
+    """The blog's run (issue #15): 50 plain + 50 augmented epochs, and it serves like the default:
+    its golden set passes at load (else no version would answer) and real images get labels."""
+    blog = REPO / "models" / "cifar10-seed"
+    version_dir = max((p for p in blog.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    training = json.loads((version_dir / "metadata.json").read_text())["training"]
+    assert training["epochs"] == 100
+    assert [phase["epochs"] for phase in training["phases"]] == [50, 50]
+
+    files = [("files", (png.name, png.read_bytes(), "image/png")) for png in PNGS]
+    response = make_client(model_dir=blog).post("/predict", files=files)
+
+    assert response.status_code == 200
+    assert response.json()["version"] == int(version_dir.name)
+    truth = [png.stem.split("_", 1)[1] for png in PNGS]
+    labels = [p["label"] for p in response.json()["predictions"]]
+    assert sum(label == t for label, t in zip(labels, truth, strict=True)) >= len(PNGS) - 2
