@@ -10,6 +10,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
+def tta_level(value: str) -> int | str:
+    return value if value == "auto" else int(value)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     parser.add_argument(
@@ -45,6 +49,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=("auto", "float32", "bfloat16", "float16"),
         default="auto",
         help="auto: float16 on a GPU, bfloat16 on a CPU with AMX or AVX-512 BF16, else float32",
+    )
+    parser.add_argument(
+        "--tta",
+        type=tta_level,
+        choices=("auto", 0, 1, 2),
+        help="test-time views in the export, each a forward pass per served image: 0 (1 view), "
+        "1 (+ mirror: 2), 2 (+ 1 px shifts: 6), or auto (default): the best on validation",
     )
     parser.add_argument("--name", default="cifar10", help="model name: models/<name>/")
     parser.add_argument("--models-dir", type=Path, default=Path("models"))

@@ -103,6 +103,7 @@ class RunConfig:
     val_size: int = 5000
     seed: int = 0
     precision: str = "auto"
+    tta: int | str | None = None  # 0, 1, 2 or "auto"; None: the recipe's ("auto")
     name: str = "cifar10"
     models_dir: Path = Path("models")
     checkpoints_dir: Path = Path("checkpoints")
@@ -448,6 +449,7 @@ def run(config: RunConfig) -> Path | None:
         ("epochs", config.epochs),
         ("aug_epochs", config.aug_epochs),
         ("batch_size", config.batch_size),
+        ("tta", config.tta),
     ):
         if value is not None:
             if key not in hyp:

@@ -112,7 +112,7 @@ def test_seed_cli_runs_both_phases_and_takes_the_next_version(
     (models / "cifar10-seed" / "4").mkdir(parents=True)
     args = ["--arch", "seed", "--data", str(npz_dir), "--epochs", "1", "--aug-epochs", "1"]
     args += ["--val-size", "0", "--name", "cifar10-seed", "--models-dir", str(models)]
-    args += ["--checkpoints-dir", str(tmp_path / "checkpoints")]
+    args += ["--checkpoints-dir", str(tmp_path / "checkpoints"), "--tta", "1"]
 
     assert train_main(args) == 0
 
@@ -120,6 +120,7 @@ def test_seed_cli_runs_both_phases_and_takes_the_next_version(
     assert metadata["training"]["epochs"] == 2
     assert [phase["epochs"] for phase in metadata["training"]["phases"]] == [1, 1]
     assert metadata["metrics"]["val_accuracy"] is None
+    assert metadata["serving"]["tta_level"] == 1  # chosen by --tta: without it, 0 here
     history = (models / "cifar10-seed" / "5" / "report" / "history.csv").read_text()
     assert len(history.strip().splitlines()) == 3  # header + one row per epoch
 
