@@ -11,13 +11,16 @@ from PIL import Image
 from tests.conftest import FIXTURES, LABELS, REPO
 
 SHIPPED = REPO / "models" / "cifar10"
+BLOG = REPO / "models" / "cifar10-seed"
 PNGS = sorted((FIXTURES / "cifar10").glob("*.png"))
+UPLOADS = [("files", (png.name, png.read_bytes(), "image/png")) for png in PNGS]
+TRUTH = [png.stem.split("_", 1)[1] for png in PNGS]  # test00013_horse.png -> horse
 
 
-def served_version() -> Path:
+def served_version(model_dir: Path = SHIPPED) -> Path:
     """The version the app serves: the highest integer folder (others, like `.3.partial`, are
     ignored, as the app ignores them)."""
-    return max((p for p in SHIPPED.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    return max((p for p in model_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
 
 
 @pytest.fixture
@@ -39,22 +42,18 @@ def test_metadata_matches_the_contract() -> None:
 
 
 def test_real_cifar10_images_get_their_true_labels(shipped_client) -> None:
-    files = [("files", (png.name, png.read_bytes(), "image/png")) for png in PNGS]
-
-    response = shipped_client.post("/predict", files=files)
+    response = shipped_client.post("/predict", files=UPLOADS)
 
     assert response.status_code == 200
     predictions = response.json()["predictions"]
-    truth = [png.stem.split("_", 1)[1] for png in PNGS]
-    correct = sum(p["label"] == t for p, t in zip(predictions, truth, strict=True))
+    correct = sum(p["label"] == t for p, t in zip(predictions, TRUTH, strict=True))
     assert correct >= len(PNGS) - 1, list(
-        zip([p["label"] for p in predictions], truth, strict=True)
+        zip([p["label"] for p in predictions], TRUTH, strict=True)
     )
 
 
 def test_served_probabilities_equal_the_signature_on_the_same_pixels(shipped_client) -> None:
-    files = [("files", (png.name, png.read_bytes(), "image/png")) for png in PNGS]
-    served = shipped_client.post("/predict", files=files).json()["predictions"]
+    served = shipped_client.post("/predict", files=UPLOADS).json()["predictions"]
 
     pixels = np.stack([np.asarray(Image.open(png).convert("RGB")) for png in PNGS])
     version_dir = served_version()
@@ -92,17 +91,14 @@ def test_the_served_version_is_calibrated_as_its_metadata_says() -> None:
 def test_the_blog_network_is_committed_after_its_full_schedule(make_client) -> None:
     """The blog's run (issue #15): 50 plain + 50 augmented epochs, and it serves like the default:
     its golden set passes at load (else no version would answer) and real images get labels."""
-    blog = REPO / "models" / "cifar10-seed"
-    version_dir = max((p for p in blog.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    version_dir = served_version(BLOG)
     training = json.loads((version_dir / "metadata.json").read_text())["training"]
     assert training["epochs"] == 100
     assert [phase["epochs"] for phase in training["phases"]] == [50, 50]
 
-    files = [("files", (png.name, png.read_bytes(), "image/png")) for png in PNGS]
-    response = make_client(model_dir=blog).post("/predict", files=files)
+    response = make_client(model_dir=BLOG).post("/predict", files=UPLOADS)
 
     assert response.status_code == 200
     assert response.json()["version"] == int(version_dir.name)
-    truth = [png.stem.split("_", 1)[1] for png in PNGS]
     labels = [p["label"] for p in response.json()["predictions"]]
-    assert sum(label == t for label, t in zip(labels, truth, strict=True)) >= len(PNGS) - 2
+    assert sum(label == t for label, t in zip(labels, TRUTH, strict=True)) >= len(PNGS) - 2
