@@ -1,4 +1,4 @@
-"""The serving contract of DESIGN.md, checked the same way whichever runtime loaded the model.
+"""The serving contract (docs/model-contract.md), checked alike whichever runtime loaded the model.
 
 Each backend describes what its runtime sees (names, dtypes, shapes) as a `Signature`; the rules
 live here once, so a model that breaks them is refused with the same words on every backend.
@@ -11,6 +11,9 @@ from pathlib import Path
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
 SIGNATURE = "serving_default"
+# The INT8 model NNCF quantized from the SavedModel (training.quantize), inside the version
+# folder; only the openvino backend reads it.
+INT8_MODEL = Path("int8") / "model.xml"
 
 
 def is_version_name(name: str) -> bool:
@@ -44,7 +47,7 @@ class Signature:
 
 
 def check_signature(version_dir: Path, signature: Signature, num_labels: int) -> tuple[int, int]:
-    """Enforce DESIGN.md: `images` uint8 [None, H, W, 3] in, `probabilities` float32 out;
+    """Enforce the contract: `images` uint8 [None, H, W, 3] in, `probabilities` float32 out;
     returns (height, width)."""
     if set(signature.inputs) != {INPUT_NAME}:
         raise ModelLoadError(

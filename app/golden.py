@@ -1,8 +1,8 @@
 """The golden check: a runtime must reproduce the exported signature's answers before it serves.
 
 The export writes `golden.npz` (test images and TensorFlow's probabilities for them) into each
-version; a backend that converts or lowers the graph (OpenVINO, bf16) proves here that it still
-computes the same model.
+version; a backend that converts, lowers or quantizes the graph (OpenVINO; bf16, int8) proves
+here that it still computes the same model.
 """
 
 import zipfile
@@ -15,13 +15,13 @@ from app.contract import ModelLoadError, error_detail
 
 GOLDEN_FILE = "golden.npz"
 
-# Largest allowed |probability - golden| per precision, on probabilities in 0..1.
-# f32: OpenVINO against TensorFlow on models/cifar10/2 differs by at most 1.4e-6 (AMD EPYC, AVX2),
-# TensorFlow against itself by 0; 1e-4 leaves a margin of ~70x and still catches a wrong graph.
-# bf16: NOT measured (no bf16 CPU was at hand). bf16 keeps 8 significant bits (relative error
-# up to 2^-9 per rounding), so probabilities can move by a few hundredths; a failing bf16 check
-# falls back to f32, so a bound too tight costs speed, never correctness.
-TOLERANCE = {"f32": 1e-4, "bf16": 5e-2}
+# Largest allowed |probability - golden| per precision, on probabilities in 0..1; the one place
+# that says how close each precision must come to TensorFlow's float32 answers (tests use it too).
+# Measured on golden.npz (64 test images), AMD EPYC Zen 4 (avx512_bf16, VNNI), OpenVINO 2026.4:
+# f32: at most 1.4e-6 (and 0 for TensorFlow against itself); 1e-4 still catches a wrong graph.
+# bf16: 0.018 on cifar10/2, 0.0046 on cifar10-seed/3 (8 significant bits); 0.05 is ~3x that.
+# int8: 0.11 on cifar10/2, 0.062 on cifar10-seed/3 (NNCF, 300 training images); 0.2 is ~2x that.
+TOLERANCE = {"f32": 1e-4, "bf16": 5e-2, "int8": 0.2}
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,9 @@ class GoldenResult:
 
     @property
     def passed(self) -> bool:
-        # Written so that a NaN difference fails.
-        return self.top1_mismatches == 0 and self.max_abs_diff <= self.tolerance
+        """Every probability within the tolerance; so a top-1 label may change only where the
+        golden top two are within 2 x tolerance (an int8 near-tie). A NaN difference fails."""
+        return self.max_abs_diff <= self.tolerance
 
     def __str__(self) -> str:
         return (
@@ -59,15 +60,19 @@ class GoldenSet:
                 f"the golden images gave shape {probabilities.shape}, "
                 f"golden.npz holds {self.probabilities.shape}",
             )
-        diff = np.abs(probabilities.astype(np.float32) - self.probabilities)
-        return GoldenResult(
-            images=len(self.images),
-            top1_mismatches=int(
-                np.sum(probabilities.argmax(axis=1) != self.probabilities.argmax(axis=1))
-            ),
-            max_abs_diff=float(diff.max()),
-            tolerance=TOLERANCE[precision],
-        )
+        return compare(probabilities, self.probabilities, precision)
+
+
+def compare(probabilities: np.ndarray, expected: np.ndarray, precision: str) -> GoldenResult:
+    """Judge `probabilities` against TensorFlow's float32 `expected` at `precision`'s tolerance."""
+    tolerance = TOLERANCE[precision]
+    diff = np.abs(probabilities.astype(np.float32) - expected)
+    return GoldenResult(
+        images=len(expected),
+        top1_mismatches=int(np.sum(probabilities.argmax(axis=1) != expected.argmax(axis=1))),
+        max_abs_diff=float(diff.max()),
+        tolerance=tolerance,
+    )
 
 
 def read_golden(version_dir: Path, height: int, width: int, num_labels: int) -> GoldenSet | None:

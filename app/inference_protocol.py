@@ -47,6 +47,10 @@ class ModelMetadata(BaseModel):
     platform: str = Field(examples=["tensorflow_savedmodel"])
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]
+    # Not in the protocol's required fields (MLServer's schema has it): how this process serves.
+    parameters: dict[str, str] = Field(
+        default_factory=dict, examples=[{"backend": "openvino", "precision": "int8"}]
+    )
 
 
 class ServerMetadata(BaseModel):

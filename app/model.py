@@ -1,4 +1,5 @@
-"""The served model: a SavedModel version in one inference backend, checked against DESIGN.md.
+"""The served model: a SavedModel version in one inference backend, checked against the contract
+(docs/model-contract.md) and its golden set, in the precision app.precision settles on.
 
 Neither TensorFlow nor OpenVINO is imported here: the backend chosen at load imports its runtime,
 so the slim image serves without TensorFlow. No Keras or training code is needed either.
@@ -12,9 +13,18 @@ from typing import Any
 
 import numpy as np
 
-from app.backends import Backend, BackendChoice, PrecisionChoice, installed, load_backend
+from app.backends import (
+    Backend,
+    BackendChoice,
+    PrecisionChoice,
+    installed,
+    load_backend,
+    native_precisions,
+    resolve_backend,
+)
 from app.contract import ModelLoadError, check_signature, is_version_name
-from app.golden import GoldenResult, GoldenSet, read_golden
+from app.golden import GoldenResult, read_golden
+from app.precision import plan as precision_plan
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +85,8 @@ class Classifier:
     height: int
     width: int
     backend: str  # the runtime serving it: "tensorflow" or "openvino"
-    precision: str  # what that runtime computes in: "f32" or "bf16"
+    precision: str  # what that runtime computes in: "f32", "bf16" or "int8"
+    precision_reason: str  # why that precision: asked for, or auto and what it passed over
     golden: GoldenResult | None  # the check against golden.npz at load; None: the version has none
     _runtime: Backend
 
@@ -104,24 +115,50 @@ def load_classifier(
 ) -> Classifier:
     """Load and check a model folder; every failure is a ModelLoadError naming path and reason.
 
-    `backend` and `precision` are INFERENCE_BACKEND and INFERENCE_PRECISION (app.settings);
-    `threads`, the CPUs one model call may use (openvino; None: the whole CPU quota).
+    `backend` and `precision` are INFERENCE_BACKEND and INFERENCE_PRECISION (app.settings): an
+    explicit precision is served or refused, `auto` follows app.precision's rule. `threads`: the
+    CPUs one model call may use (openvino; None: the whole CPU quota).
     """
     version_dir = resolve_version_dir(path)
     metadata = _read_metadata(version_dir)
     labels = tuple(metadata["labels"])
-    runtime = load_backend(version_dir, backend, precision, threads)
-    height, width = check_signature(version_dir, runtime.signature, len(labels))
-    golden = read_golden(version_dir, height, width, len(labels))
-    if golden is None:
-        logger.warning(
-            "%s has no golden.npz: serving it without checking %s against the exported answers",
-            version_dir,
-            runtime.name,
+    name = resolve_backend(backend)
+    if precision not in ("auto", "f32", "bf16", "int8"):
+        raise ValueError(f"precision must be one of auto, f32, bf16, int8; got {precision!r}")
+    chosen = precision_plan(precision, name, native_precisions(name), version_dir, metadata)
+    notes = list(chosen.notes)
+    for candidate in chosen.candidates:
+        runtime = load_backend(version_dir, name, candidate, threads)
+        height, width = check_signature(version_dir, runtime.signature, len(labels))
+        golden = read_golden(version_dir, height, width, len(labels))
+        result = (
+            None if golden is None else golden.compare(runtime.predict(golden.images), candidate)
         )
-        result = None
+        if result is None or result.passed:
+            break
+        failure = f"{name} {candidate} does not reproduce golden.npz: {result}"
+        if chosen.explicit or candidate == "f32":
+            raise ModelLoadError(version_dir, failure)
+        notes.append(f"{candidate}: {failure}")
+    how = "as INFERENCE_PRECISION says" if chosen.explicit else "auto"
+    reason = "; ".join([how, *notes])
+    if result is None:
+        logger.warning(
+            "%s: serving %s %s (%s); it has no golden.npz to check it against",
+            version_dir,
+            name,
+            runtime.precision,
+            reason,
+        )
     else:
-        runtime, result = _reproduce_golden(runtime, golden, threads)
+        logger.info(
+            "%s: serving %s %s (%s); it reproduces golden.npz: %s",
+            version_dir,
+            name,
+            runtime.precision,
+            reason,
+            result,
+        )
     return Classifier(
         path=version_dir,
         name=str(metadata["name"]),
@@ -132,36 +169,10 @@ def load_classifier(
         width=width,
         backend=runtime.name,
         precision=runtime.precision,
+        precision_reason=reason,
         golden=result,
         _runtime=runtime,
     )
-
-
-def _reproduce_golden(
-    runtime: Backend, golden: GoldenSet, threads: int | None
-) -> tuple[Backend, GoldenResult]:
-    """Serve only a runtime that gives back the exported answers; bf16 that does not falls
-    back to f32, which must."""
-    version_dir = golden.version_dir
-    result = golden.compare(runtime.predict(golden.images), runtime.precision)
-    if not result.passed and runtime.precision == "bf16":
-        logger.warning(
-            "%s: %s bf16 does not reproduce golden.npz, falling back to f32: %s",
-            version_dir,
-            runtime.name,
-            result,
-        )
-        runtime = load_backend(version_dir, runtime.name, "f32", threads)
-        result = golden.compare(runtime.predict(golden.images), runtime.precision)
-    if not result.passed:
-        raise ModelLoadError(
-            version_dir,
-            f"{runtime.name} {runtime.precision} does not reproduce golden.npz: {result}",
-        )
-    logger.info(
-        "%s: %s %s reproduces golden.npz: %s", version_dir, runtime.name, runtime.precision, result
-    )
-    return runtime, result
 
 
 def _read_metadata(version_dir: Path) -> dict[str, Any]:

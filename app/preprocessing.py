@@ -1,7 +1,7 @@
 """Bytes in, a 32x32x3 uint8 RGB array out: decoding, orientation, colour and size, nothing else.
 
-Scaling and normalisation live inside the exported model (see DESIGN.md), so this module only
-turns any supported upload into the raw pixels the model's signature takes.
+Scaling and normalisation live inside the exported model (docs/model-contract.md), so this
+module only turns any supported upload into the raw pixels the model's signature takes.
 
 Colour rule (one rule for every mode):
 - modes with transparency (RGBA, LA, PA, P or L with a transparency key) are composited over a

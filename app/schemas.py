@@ -127,8 +127,9 @@ class ModelInfo(BaseModel):
         description="Every version being served, highest first; `?version=` picks one."
     )
     runtime: dict[str, Any] = Field(
-        description="How this process runs the version: `backend`, `precision`, and the "
-        "golden-set check made at load (`golden`: null when the version has none)."
+        description="How this process runs the version: `backend`, `precision` and why "
+        "(`precision_reason`), and the golden-set check made at load (`golden`: null when the "
+        "version has none)."
     )
 
 

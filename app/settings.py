@@ -32,9 +32,11 @@ class Settings(BaseSettings):
     )
     inference_precision: PrecisionChoice = Field(
         "auto",
-        description="What openvino computes in: f32, bf16, or auto (bf16 when the CPU has it "
-        "natively, AVX512_BF16 or AMX; else f32). Checked against the version's golden.npz at "
-        "load; a bf16 that fails falls back to f32. tensorflow always computes f32.",
+        description="What openvino computes in: f32, bf16 (CPUs with AVX512_BF16 or AMX), int8 "
+        "(the version's int8/model.xml), or auto: the fastest this CPU computes natively whose "
+        "test accuracy in metadata.json is within 0.3 points of f32's and whose golden check "
+        "passes. An explicit choice is served or refused, never replaced. tensorflow computes "
+        "f32 only.",
     )
     model_version_policy: str = Field(
         "latest:1",
@@ -155,8 +157,11 @@ class Settings(BaseSettings):
             )
         if self.max_images_per_request > self.max_queue_images:
             raise ValueError("MAX_QUEUE_IMAGES must hold at least one full request")
-        if self.inference_backend == "tensorflow" and self.inference_precision == "bf16":
-            raise ValueError("INFERENCE_PRECISION=bf16 needs INFERENCE_BACKEND=openvino or auto")
+        if self.inference_backend == "tensorflow" and self.inference_precision in ("bf16", "int8"):
+            raise ValueError(
+                f"INFERENCE_PRECISION={self.inference_precision} needs INFERENCE_BACKEND=openvino "
+                "or auto: tensorflow computes f32 only"
+            )
         return self
 
     @property

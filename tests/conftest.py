@@ -1,4 +1,9 @@
-"""Shared fixtures: a small real SavedModel exported by the training code, and app clients."""
+"""Shared fixtures: a small real SavedModel exported by the training code, and app clients.
+
+`python -m pytest --precision f32|bf16|int8` runs the serving tests under that precision (default
+auto: whatever this CPU's rule picks). It sets INFERENCE_PRECISION for every app the tests start,
+in-process or as `python -m app`; tests that load a model themselves read it from `precision()`.
+"""
 
 import asyncio
 import io
@@ -16,7 +21,38 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+PRECISIONS = ("auto", "f32", "bf16", "int8")
 LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="INFERENCE_PRECISION for every app and model the tests serve (default auto)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Set here, not per test: subprocess servers and Settings() both read the environment.
+    os.environ["INFERENCE_PRECISION"] = config.getoption("--precision")
+
+
+def precision() -> str:
+    """The precision this test run serves in (--precision): pass it to a direct model load."""
+    return os.environ.get("INFERENCE_PRECISION", "auto")
+
+
+def assert_served_like(got: np.ndarray, expected: np.ndarray, served_precision: str) -> None:
+    """Served probabilities against TensorFlow's float32 ones, within the tolerance the app itself
+    allows `served_precision` (app.golden: the same rule as the golden check at load)."""
+    from app.golden import compare
+
+    result = compare(
+        np.asarray(got, np.float32), np.asarray(expected, np.float32), served_precision
+    )
+    assert result.passed, f"{served_precision}: {result}"
 
 
 def export_tiny_model(version_dir: Path, *, name: str = "cifar10", version: int = 1) -> Path:
@@ -24,6 +60,7 @@ def export_tiny_model(version_dir: Path, *, name: str = "cifar10", version: int 
     import keras
 
     from training.export import export_model
+    from training.quantize import quantize
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential(
@@ -43,6 +80,8 @@ def export_tiny_model(version_dir: Path, *, name: str = "cifar10", version: int 
         "metrics": {"test_accuracy": None, "val_accuracy": None, "per_class_accuracy": {}},
     }
     export_model(model, version_dir, labels=LABELS, metadata=metadata)
+    # Its INT8 model too, as every export has: --precision int8 serves the tiny model as well.
+    quantize(version_dir, np.random.default_rng(0).integers(0, 256, (32, 32, 32, 3), np.uint8))
     return version_dir
 
 

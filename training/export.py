@@ -22,6 +22,7 @@ INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
 METADATA_FILE = "metadata.json"
 GOLDEN_FILE = "golden.npz"
+GOLDEN_SIZE = 64  # test images in golden.npz
 TTA_LEVELS = (0, 1, 2)
 TTA_VIEWS = {0: 1, 1: 2, 2: 6}  # forward passes per served image
 
@@ -45,6 +46,25 @@ def library_versions() -> dict[str, str]:
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
     }
+
+
+def float32_twin(model: keras.Model) -> keras.Model:
+    """The same network and weights computing in float32.
+
+    A model trained under a mixed policy (bfloat16 on a CPU with bf16 units, float16 on a GPU)
+    casts to that type inside its graph: OpenVINO cannot read the SavedModel it exports
+    ("unknown element type bf16"), and every runtime would be held to the training's precision.
+    The export is float32; what serving computes in is chosen where it runs (INFERENCE_PRECISION).
+    """
+    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
+        return model
+
+    def in_float32(layer: keras.layers.Layer) -> keras.layers.Layer:
+        return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+
+    twin = keras.models.clone_model(model, clone_function=in_float32)
+    twin.set_weights(model.get_weights())
+    return twin
 
 
 def view_logits(model: keras.Model, pixels: tf.Tensor, tta_level: int = 0) -> tf.Tensor:
@@ -87,10 +107,12 @@ def export_model(
 ) -> None:
     """Write `version_dir` as a SavedModel with the `serving_default` signature plus metadata.json.
 
-    The model must take float pixels in 0..255, NHWC. The signature serves
+    The model must take float pixels in 0..255, NHWC; it is exported in float32, whatever policy
+    it trained under (`float32_twin`). The signature serves
     softmax(view_logits(model, images, tta_level) / temperature): the test-time augmentation and
     the fitted temperature are part of the graph, so every runtime serves the same probabilities.
     """
+    model = float32_twin(model)
     height, width, channels = (int(d) for d in model.input_shape[1:])
     num_classes = int(model.output_shape[-1])
     if num_classes != len(labels):

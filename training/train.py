@@ -22,16 +22,22 @@ from app.contract import is_version_name
 from training import calibration, hardware
 from training.data import Dataset, load_dataset, split_validation
 from training.evaluate import predict_probabilities, score
-from training.export import TTA_LEVELS, export_model, view_logits, write_golden, write_metadata
+from training.export import (
+    GOLDEN_SIZE,
+    TTA_LEVELS,
+    export_model,
+    view_logits,
+    write_golden,
+    write_metadata,
+)
 from training.models import make_fast_model, make_seed_model
+from training.quantize import quantize_and_measure
 from training.report import (
     HISTORY_FILE,
     plot_reliability,
     write_model_summary,
     write_test_figures,
 )
-
-GOLDEN_SIZE = 64  # test images in golden.npz
 
 # The default recipe: airbench94 (Keller Jordan's CIFAR-10 speed run, 94.0 % in 9.9 epochs) in
 # Keras. Its lr and weight decay are given per 1024 images of a summed loss; these are the same
@@ -117,6 +123,8 @@ class TrainingInterrupted(Exception):
     """Ctrl-C during fit; the last completed epoch's checkpoint is kept for `--resume`."""
 
 
+# Registered so the compiled model can be rebuilt from its config (the export's float32 twin).
+@keras.saving.register_keras_serializable(package="training")
 class TriangularSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """Per-step learning rate: linear from start*peak up to peak, then linear down to end*peak."""
 
@@ -367,9 +375,13 @@ def build(
     augmenter = keras.Sequential(layers)
 
     def augment_seed(images: tf.Tensor, epoch: tf.Variable) -> tf.Tensor:
-        # The blog's two phases: plain data first, augmentation from epoch `epochs` on.
+        # The blog's two phases: plain data first, augmentation from epoch `epochs` on. Under a
+        # mixed policy the augmenter computes (and answers) in bfloat16 or float16; both
+        # branches must give the dtype the data came in.
         return tf.cond(
-            epoch >= hyp["epochs"], lambda: augmenter(images, training=True), lambda: images
+            epoch >= hyp["epochs"],
+            lambda: tf.cast(augmenter(images, training=True), images.dtype),
+            lambda: images,
         )
 
     return model, augment_seed, False, []
@@ -554,6 +566,10 @@ def run(config: RunConfig) -> Path | None:
     # The uncalibrated twin of what is served, for the before/after figures.
     uncalibrated = calibration.uncalibrated(test_probabilities, temperature)
     write_golden(partial_dir, dataset.x_test[:GOLDEN_SIZE])
+    # The INT8 model beside the SavedModel, and each precision measured as the app serves it.
+    int8 = quantize_and_measure(
+        partial_dir, x_train, dataset.x_test, dataset.y_test, seed=config.seed
+    )
     phases = (
         [
             {
@@ -581,6 +597,7 @@ def run(config: RunConfig) -> Path | None:
             "measured_through": "serving_default signature of this SavedModel",
         },
         "serving_choice": serving_check,
+        **int8,
         "training": {
             "epochs": total_epochs,
             "phases": phases,

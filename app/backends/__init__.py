@@ -5,7 +5,6 @@ OpenVINO without TensorFlow, so each runtime is imported only when it is chosen.
 """
 
 import importlib.util
-import logging
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -13,17 +12,16 @@ import numpy as np
 
 from app.contract import ModelLoadError, Signature
 
-logger = logging.getLogger(__name__)
-
 BackendChoice = Literal["auto", "tensorflow", "openvino"]
-PrecisionChoice = Literal["auto", "f32", "bf16"]
+PrecisionChoice = Literal["auto", "f32", "bf16", "int8"]
+Precision = Literal["f32", "bf16", "int8"]
 
 
 class Backend(Protocol):
     """A loaded model version in one runtime."""
 
     name: str  # "tensorflow" or "openvino"
-    precision: str  # what the runtime computes in: "f32" or "bf16"
+    precision: Precision  # what the runtime computes in
     signature: Signature  # inputs and outputs as the runtime sees them, for the contract check
 
     def predict(self, images: np.ndarray) -> np.ndarray:
@@ -39,6 +37,8 @@ def installed(module: str) -> bool:
 def resolve_backend(choice: BackendChoice) -> str:
     """`auto`: TensorFlow when it sees a GPU (OpenVINO here serves the CPU only), else OpenVINO
     when installed, else TensorFlow."""
+    if choice not in ("auto", "tensorflow", "openvino"):
+        raise ValueError(f"backend must be one of auto, tensorflow, openvino; got {choice!r}")
     if choice != "auto":
         return choice
     if installed("tensorflow"):
@@ -49,29 +49,34 @@ def resolve_backend(choice: BackendChoice) -> str:
     return "openvino" if installed("openvino") else "tensorflow"
 
 
+def native_precisions(backend: str) -> tuple[Precision, ...]:
+    """What `backend` computes natively on this machine, fastest first. TensorFlow serves the
+    exported float32 graph as it is."""
+    if backend == "openvino":
+        from app.backends.openvino import native_precisions as openvino_native
+
+        return openvino_native()
+    return ("f32",)
+
+
 def load_backend(
-    version_dir: Path,
-    backend: BackendChoice = "auto",
-    precision: PrecisionChoice = "auto",
-    threads: int | None = None,
+    version_dir: Path, backend: str, precision: Precision, threads: int | None = None
 ) -> Backend:
-    """Load `version_dir` in the chosen runtime; a failure is a ModelLoadError naming the reason.
+    """Load `version_dir` in runtime `backend` (resolved: not auto) computing in `precision`;
+    a failure, or a precision the runtime cannot compute here, is a ModelLoadError.
     `threads`: the CPUs one openvino call may use (TensorFlow's pools are per process)."""
-    if precision not in ("auto", "f32", "bf16"):
-        raise ValueError(f"precision must be one of auto, f32, bf16; got {precision!r}")
-    name = resolve_backend(backend)
-    if name not in ("tensorflow", "openvino"):
-        raise ValueError(f"backend must be one of auto, tensorflow, openvino; got {backend!r}")
-    if not installed(name):
+    if not installed(backend):
+        raise ModelLoadError(version_dir, f"backend {backend} is not installed")
+    if precision not in native_precisions(backend):
         raise ModelLoadError(
-            version_dir, f"INFERENCE_BACKEND={backend} needs {name}, which is not installed"
+            version_dir,
+            f"INFERENCE_PRECISION={precision}: {backend} on this machine computes only "
+            f"{', '.join(native_precisions(backend))}",
         )
-    if name == "openvino":
+    if backend == "openvino":
         from app.backends.openvino import OpenVINOBackend
 
         return OpenVINOBackend(version_dir, precision, threads)
     from app.backends.tensorflow import TensorFlowBackend
 
-    if precision == "bf16":
-        logger.warning("INFERENCE_PRECISION=bf16 applies to openvino only; tensorflow serves f32")
     return TensorFlowBackend(version_dir)

@@ -331,4 +331,5 @@ def _metadata(classifier: Classifier, repository: ModelRepository) -> ModelMetad
             )
         ],
         outputs=[TensorMetadata(name=OUTPUT, datatype="FP32", shape=[-1, len(classifier.labels)])],
+        parameters={"backend": backend, "precision": classifier.precision},
     )

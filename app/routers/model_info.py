@@ -22,6 +22,7 @@ async def model_info(classifier: ClassifierDep, repository: RepositoryDep) -> Mo
     runtime = {
         "backend": classifier.backend,
         "precision": classifier.precision,
+        "precision_reason": classifier.precision_reason,
         "golden": None if golden is None else dataclasses.asdict(golden),
     }
     return ModelInfo.model_validate(

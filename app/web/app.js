@@ -40,12 +40,19 @@ async function describeModel() {
       line.textContent = `Model details are unavailable: ${errorText("/model", response, body)}`;
       return;
     }
-    const accuracy = body.metrics && body.metrics.test_accuracy;
+    // The accuracy of what is served: the precision's own record where the version has one.
+    const runtime = body.runtime || {};
+    const served = (body.precisions || {})[runtime.precision] || {};
+    const accuracy =
+      typeof served.test_accuracy === "number"
+        ? served.test_accuracy
+        : body.metrics && body.metrics.test_accuracy;
     line.textContent =
       `Answers come from model ${body.name}, version ${body.version}` +
       (typeof accuracy === "number"
-        ? `, which named ${percent(accuracy)} of the CIFAR-10 test pictures right.`
-        : ".");
+        ? `, which named ${percent(accuracy)} of the CIFAR-10 test pictures right`
+        : "") +
+      (runtime.backend ? `, computed by ${runtime.backend} in ${runtime.precision}.` : ".");
   } catch (error) {
     line.textContent = `Model details are unavailable: ${error.message}`;
   }

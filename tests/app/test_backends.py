@@ -15,13 +15,13 @@ import tensorflow as tf
 from PIL import Image
 from pydantic import ValidationError
 
-from app.backends import load_backend, resolve_backend
+from app.backends import native_precisions, resolve_backend
 from app.golden import GOLDEN_FILE, TOLERANCE
 from app.model import Classifier, ModelLoadError, load_classifier
 from app.settings import Settings
 from tests.app.test_committed_model import served_version
 from tests.app.test_startup import save_uniform_model
-from tests.conftest import FIXTURES, LABELS, REPO
+from tests.conftest import FIXTURES, LABELS, REPO, assert_served_like, precision
 from training.export import write_golden
 
 SERVED = served_version()
@@ -36,6 +36,11 @@ def golden_of(version_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def served_classifier(client) -> Classifier:
     return client.app.state.repository.get().classifier
+
+
+def precision_of(backend: str) -> str:
+    """The run's --precision where `backend` can compute it; tensorflow computes f32 only."""
+    return "f32" if backend == "tensorflow" else precision()
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +102,7 @@ def test_openvino_answers_concurrent_callers_each_with_their_own_images(
 def test_the_app_on_openvino_answers_as_tensorflow_on_the_same_pngs(
     make_client, shipped: dict[str, Classifier]
 ) -> None:
+    """In the run's precision (--precision), within the tolerance the app allows it."""
     client = make_client(model_dir=SERVED, inference_backend="openvino")
     files = [("files", (png.name, png.read_bytes(), "image/png")) for png in PNGS]
 
@@ -107,9 +113,9 @@ def test_the_app_on_openvino_answers_as_tensorflow_on_the_same_pngs(
     served = response.json()["predictions"]
     pixels = np.stack([np.asarray(Image.open(png).convert("RGB")) for png in PNGS])
     expected = shipped["tensorflow"].predict(pixels)
-    assert [p["label"] for p in served] == [LABELS[i] for i in expected.argmax(1)]
     got = np.array([[p["probabilities"][label] for label in LABELS] for p in served])
-    np.testing.assert_allclose(got, expected, rtol=0, atol=TOLERANCE["f32"])
+    assert_served_like(got, expected, served_classifier(client).precision)
+    assert [p["label"] for p in served] == [LABELS[int(i)] for i in got.argmax(1)]
 
 
 WITHOUT_TENSORFLOW = """
@@ -146,7 +152,7 @@ def test_openvino_serves_without_tensorflow_installed() -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_the_inference_backend_setting_chooses_the_runtime(make_client, backend: str) -> None:
-    client = make_client(inference_backend=backend)
+    client = make_client(inference_backend=backend, inference_precision=precision_of(backend))
 
     assert served_classifier(client).backend == backend
     assert client.post("/predict", files=[("files", ("a.png", PNGS[0].read_bytes()))]).is_success
@@ -157,21 +163,23 @@ def test_a_golden_set_of_the_models_own_answers_passes(tiny_version: Path, backe
     images, _ = golden_of(SERVED)
     write_golden(tiny_version, images[:16])
 
-    classifier = load_classifier(tiny_version, backend)
+    classifier = load_classifier(tiny_version, backend, precision_of(backend))
 
     assert classifier.golden is not None
     assert classifier.golden.passed and classifier.golden.images == 16
 
 
 def write_wrong_golden(version_dir: Path, how: str) -> None:
-    """golden.npz with the model's own answers, then broken: another top-1 for one image, or
-    the same top-1 everywhere with one probability off by more than f32 noise."""
+    """golden.npz with the model's own answers, then broken by more than any precision's
+    tolerance: all on another top-1 for one image, or one probability raised without changing
+    any top-1."""
     write_golden(version_dir, golden_of(SERVED)[0][:16])
     images, probabilities = golden_of(version_dir)
+    off = 2 * max(TOLERANCE.values())
     if how == "top-1":
-        probabilities[3] = np.roll(probabilities[3], 1)
+        probabilities[3] = np.eye(len(LABELS))[(probabilities[3].argmax() + 1) % len(LABELS)]
     else:
-        probabilities[5, probabilities[5].argmax()] += 1e-3
+        probabilities[5, probabilities[5].argmax()] += off
     np.savez_compressed(version_dir / GOLDEN_FILE, images=images, probabilities=probabilities)
 
 
@@ -184,7 +192,7 @@ def test_a_version_whose_golden_set_is_not_reproduced_is_refused(
     reason = "1 of 16 top-1 differ" if how == "top-1" else "0 of 16 top-1 differ"
 
     with pytest.raises(ModelLoadError, match=r"does not reproduce golden\.npz") as error:
-        load_classifier(tiny_version, backend)
+        load_classifier(tiny_version, backend, precision_of(backend))
 
     assert reason in str(error.value) and str(tiny_version) in str(error.value)
 
@@ -259,6 +267,7 @@ def test_both_backends_refuse_a_contract_breaking_model_alike(
         {"inference_backend": "OpenVINO"},
         {"inference_precision": "fp16"},
         {"inference_backend": "tensorflow", "inference_precision": "bf16"},
+        {"inference_backend": "tensorflow", "inference_precision": "int8"},
     ],
 )
 def test_unknown_backends_and_precisions_are_rejected_by_the_settings(overrides: dict) -> None:
@@ -268,31 +277,19 @@ def test_unknown_backends_and_precisions_are_rejected_by_the_settings(overrides:
 
 def test_unknown_backend_names_are_rejected_by_the_loader(tiny_version: Path) -> None:
     with pytest.raises(ValueError, match="backend must be one of"):
-        load_backend(tiny_version, "onnx")  # type: ignore[arg-type]
+        load_classifier(tiny_version, "onnx")  # type: ignore[arg-type]
 
 
-def cpu_has_bf16() -> bool:
-    import openvino as ov
-
-    from app.backends.openvino import supports_bf16
-
-    return supports_bf16(ov.Core())
-
-
-@pytest.mark.skipif(cpu_has_bf16(), reason="this CPU computes bf16")
-def test_bf16_asked_of_a_cpu_without_it_says_f32(tiny_version: Path) -> None:
-    """OpenVINO quietly computes f32 there; the classifier reports what really runs."""
-    assert load_classifier(tiny_version, "openvino", "bf16").precision == "f32"
-    assert load_classifier(tiny_version, "openvino", "auto").precision == "f32"
+@pytest.mark.skipif("bf16" in native_precisions("openvino"), reason="this CPU computes bf16")
+def test_bf16_asked_of_a_cpu_without_it_is_refused_with_the_reason(tiny_version: Path) -> None:
+    """OpenVINO would quietly compute f32 there; an explicit choice is served or refused."""
+    with pytest.raises(ModelLoadError, match="INFERENCE_PRECISION=bf16: openvino on this machine"):
+        load_classifier(tiny_version, "openvino", "bf16")
 
 
-@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bf16")
-def test_bf16_serves_the_committed_model_or_falls_back_to_f32(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    with caplog.at_level(logging.INFO, logger="app.model"):
-        classifier = load_classifier(SERVED, "openvino", "bf16")
-
-    assert classifier.golden is not None and classifier.golden.passed
-    fell_back = any("falling back to f32" in r.getMessage() for r in caplog.records)
-    assert classifier.precision == ("f32" if fell_back else "bf16")
+@pytest.mark.parametrize("wanted", ["bf16", "int8"])
+def test_tensorflow_refuses_any_precision_but_f32(tiny_version: Path, wanted: str) -> None:
+    with pytest.raises(
+        ModelLoadError, match=f"{wanted}: tensorflow on this machine computes only f32"
+    ):
+        load_classifier(tiny_version, "tensorflow", wanted)  # type: ignore[arg-type]

@@ -8,7 +8,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tests.conftest import FIXTURES, LABELS, REPO
+from app.contract import INT8_MODEL, is_version_name
+from app.golden import TOLERANCE
+from tests.conftest import FIXTURES, LABELS, REPO, assert_served_like, precision
 
 SHIPPED = REPO / "models" / "cifar10"
 BLOG = REPO / "models" / "cifar10-seed"
@@ -20,7 +22,8 @@ TRUTH = [png.stem.split("_", 1)[1] for png in PNGS]  # test00013_horse.png -> ho
 def served_version(model_dir: Path = SHIPPED) -> Path:
     """The version the app serves: the highest integer folder (others, like `.3.partial`, are
     ignored, as the app ignores them)."""
-    return max((p for p in model_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    versions = [p for p in model_dir.iterdir() if is_version_name(p.name)]
+    return max(versions, key=lambda p: int(p.name))
 
 
 @pytest.fixture
@@ -61,22 +64,49 @@ def test_served_probabilities_equal_the_signature_on_the_same_pixels(shipped_cli
     expected = signature(images=tf.constant(pixels))["probabilities"].numpy()
 
     got = np.array([[p["probabilities"][label] for label in LABELS] for p in served])
-    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert_served_like(got, expected, shipped_client.get("/health").json()["precision"])
 
 
 def test_the_served_version_reproduces_its_golden_set() -> None:
     """golden.npz holds the exported signature's own answers: the app's loader must give them
-    back (same top-1, float32 noise only)."""
+    back, within the tolerance of the precision it serves (--precision)."""
     from app.model import load_classifier
 
     version_dir = served_version()
     with np.load(version_dir / "golden.npz") as golden:
         images, expected = golden["images"], golden["probabilities"]
-    got = load_classifier(version_dir).predict(images)
+    classifier = load_classifier(version_dir, precision=precision())  # type: ignore[arg-type]
 
     assert images.shape == (64, 32, 32, 3) and images.dtype == np.uint8
-    np.testing.assert_array_equal(got.argmax(1), expected.argmax(1))
-    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert_served_like(classifier.predict(images), expected, classifier.precision)
+
+
+COMMITTED = [served_version(SHIPPED), SHIPPED / "1", served_version(BLOG)]
+
+
+@pytest.mark.parametrize("version_dir", COMMITTED, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_committed_versions_carry_their_int8_model_and_per_precision_metrics(
+    version_dir: Path,
+) -> None:
+    metadata = json.loads((version_dir / "metadata.json").read_text())
+    precisions = metadata["precisions"]
+
+    assert (version_dir / INT8_MODEL).is_file() and (version_dir / "golden.npz").is_file()
+    assert {"f32", "int8"} <= set(precisions)
+    for name in {"f32", "bf16", "int8"} & set(precisions):
+        record = precisions[name]
+        assert 0.5 < record["test_accuracy"] <= 1 and 0 <= record["ece"] < 1
+        assert record["golden_tolerance"] == TOLERANCE[name]
+        assert record["golden_max_diff"] <= record["golden_tolerance"]
+    assert "training-split" in metadata["quantization"]["calibration"]
+
+
+def test_the_served_version_in_int8_stays_within_03_points_of_f32() -> None:
+    precisions = json.loads((served_version() / "metadata.json").read_text())["precisions"]
+
+    assert precisions["test_images"] == 10_000
+    assert precisions["f32"]["test_accuracy"] - precisions["int8"]["test_accuracy"] <= 0.003
+    assert precisions["int8"]["ece"] < 0.02  # still calibrated
 
 
 def test_the_served_version_is_calibrated_as_its_metadata_says() -> None:

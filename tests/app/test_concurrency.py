@@ -17,7 +17,7 @@ from app.main import create_app
 from app.model import Classifier
 from app.preprocessing import decode_image
 from app.settings import Settings
-from tests.conftest import LABELS, image_bytes, until
+from tests.conftest import LABELS, assert_served_like, image_bytes, until
 
 pytestmark = pytest.mark.anyio
 
@@ -85,6 +85,7 @@ async def test_concurrent_requests_each_get_their_own_result(tiny_model_dir) -> 
                 for i, payload in enumerate(payloads)
             )
         )
+        precision = (await client.get("/health")).json()["precision"]
 
     signature = tf.saved_model.load(str(tiny_model_dir / "1")).signatures["serving_default"]
     for payload, response in zip(payloads, responses, strict=True):
@@ -92,7 +93,7 @@ async def test_concurrent_requests_each_get_their_own_result(tiny_model_dir) -> 
         pixels = np.stack([decode_image(d, max_pixels=10**6) for d in payload])
         expected = signature(images=tf.constant(pixels))["probabilities"].numpy()
         served = [[p["probabilities"][k] for k in LABELS] for p in response.json()["predictions"]]
-        np.testing.assert_allclose(served, expected, atol=1e-5)
+        assert_served_like(served, expected, precision)
 
 
 async def test_full_queue_answers_503_with_retry_after(tiny_model_dir, gated) -> None:

@@ -36,15 +36,32 @@ def test_model_endpoint_returns_metadata(client) -> None:
     assert "metrics" in body and "versions" in body
 
 
-@pytest.mark.parametrize("backend", ["tensorflow", "openvino"])
-def test_health_and_model_say_how_the_version_runs(make_client, backend: str) -> None:
-    client = make_client(inference_backend=backend, inference_precision="f32")
+@pytest.mark.parametrize(
+    ("backend", "precision"), [("tensorflow", "f32"), ("openvino", "f32"), ("openvino", "int8")]
+)
+def test_health_model_and_v2_say_how_the_version_runs(
+    make_client, backend: str, precision: str
+) -> None:
+    client = make_client(inference_backend=backend, inference_precision=precision)
 
     health = client.get("/health").json()
     runtime = client.get("/model").json()["runtime"]
+    v2 = client.get("/v2/models/cifar10").json()["parameters"]
 
-    assert (health["backend"], health["precision"]) == (backend, "f32")
-    assert runtime["backend"] == backend and runtime["precision"] == "f32"
+    assert (health["backend"], health["precision"]) == (backend, precision)
+    assert (runtime["backend"], runtime["precision"]) == (backend, precision)
+    assert v2 == {"backend": backend, "precision": precision}
+    assert runtime["precision_reason"] == "as INFERENCE_PRECISION says"
+
+
+def test_auto_says_why_it_chose(make_client) -> None:
+    client = make_client(inference_precision="auto")
+
+    reason = client.get("/model").json()["runtime"]["precision_reason"]
+
+    # The tiny model records no accuracy per precision: auto keeps the float32 it was exported in.
+    assert reason.startswith("auto; ") and "no test accuracy recorded" in reason
+    assert client.get("/health").json()["precision"] == "f32"
 
 
 @pytest.mark.anyio

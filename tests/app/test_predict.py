@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from app.preprocessing import decode_image
-from tests.conftest import LABELS, image_bytes
+from tests.conftest import LABELS, assert_served_like, image_bytes
 
 
 def direct_probabilities(model_dir: Path, images: np.ndarray) -> np.ndarray:
@@ -49,7 +49,7 @@ def test_results_follow_request_order_and_match_the_model(client, tiny_model_dir
     pixels = np.stack([decode_image(data, max_pixels=10**6) for _, (_, data, _) in uploads])
     expected = direct_probabilities(tiny_model_dir, pixels)
     served = np.array([[p["probabilities"][label] for label in LABELS] for p in predictions])
-    np.testing.assert_allclose(served, expected, atol=1e-5)
+    assert_served_like(served, expected, client.get("/health").json()["precision"])
 
 
 @pytest.mark.parametrize("k", [1, 5, 10])

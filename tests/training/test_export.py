@@ -147,3 +147,26 @@ def test_metadata_merges_labels_input_and_versions(tmp_path: Path) -> None:
 def test_label_count_must_match_the_output(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="10 outputs but 3 labels"):
         export_model(tiny_model(True), tmp_path / "1", labels=["a", "b", "c"], metadata={})
+
+
+def test_a_model_trained_in_bfloat16_is_exported_in_float32(tmp_path: Path) -> None:
+    """Trained under mixed_bfloat16 (what --precision auto picks on a CPU with bf16 units), the
+    export computes in float32: OpenVINO reads it (a bf16 constant it cannot), and the served
+    answers are the float32 network's, not bfloat16-rounded ones."""
+    import openvino as ov
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = tiny_model(softmax=False)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    float32 = tiny_model(softmax=False)
+    float32.set_weights(model.get_weights())
+
+    export_model(model, tmp_path / "1", labels=CIFAR10_LABELS, metadata=METADATA)
+
+    x = images()
+    expected = tf.nn.softmax(float32.predict(x.astype("float32"), verbose=0)).numpy()
+    np.testing.assert_allclose(serve(tmp_path / "1", x), expected, atol=1e-6)
+    assert ov.Core().read_model(str(tmp_path / "1")).outputs[0].get_element_type() == ov.Type.f32

@@ -54,6 +54,7 @@ def test_run_writes_the_artifact_to_the_next_version(fast_run: tuple[Path, Path]
         "metadata.json",
         "golden.npz",
         "report",
+        "int8",
     }
     assert not list((root / "models" / "cifar10").glob(".*"))  # the partial folder was renamed
     assert {p.name for p in (version_dir / "report").iterdir()} == REPORT_FILES
@@ -105,12 +106,31 @@ def test_metadata_is_complete_and_measured_through_the_signature(
     assert not Path(metadata["dataset"]["source"].split(" ", 1)[1]).is_absolute()
 
 
+def test_the_run_quantizes_on_training_images_and_measures_each_precision(
+    fast_run: tuple[Path, Path],
+) -> None:
+    version_dir, _ = fast_run
+    metadata = json.loads((version_dir / "metadata.json").read_text())
+
+    # 120 training images after the 40 held out, all of them (fewer than 300) calibrate.
+    assert metadata["quantization"]["calibration"] == "120 training-split images, seed 0"
+    precisions = metadata["precisions"]
+    assert precisions["test_images"] == 40
+    for name in {"f32", "int8"} | ({"bf16"} & set(precisions)):
+        assert 0 <= precisions[name]["test_accuracy"] <= 1
+    # f32 through OpenVINO is the exported signature's own answer.
+    assert precisions["f32"]["test_accuracy"] == metadata["metrics"]["test_accuracy"]
+
+
 def test_seed_cli_runs_both_phases_and_takes_the_next_version(
     npz_dir: Path, tmp_path: Path
 ) -> None:
+    """Under bfloat16, which TensorFlow emulates on any CPU: the augmenting phase once crashed
+    there (its branch answered bfloat16 beside the plain phase's float32)."""
     models = tmp_path / "models"
     (models / "cifar10-seed" / "4").mkdir(parents=True)
     args = ["--arch", "seed", "--data", str(npz_dir), "--epochs", "1", "--aug-epochs", "1"]
+    args += ["--precision", "bfloat16"]
     args += ["--val-size", "0", "--name", "cifar10-seed", "--models-dir", str(models)]
     args += ["--checkpoints-dir", str(tmp_path / "checkpoints"), "--tta", "1"]
 
@@ -118,6 +138,7 @@ def test_seed_cli_runs_both_phases_and_takes_the_next_version(
 
     metadata = json.loads((models / "cifar10-seed" / "5" / "metadata.json").read_text())
     assert metadata["training"]["epochs"] == 2
+    assert metadata["training"]["precision"] == "bfloat16"
     assert [phase["epochs"] for phase in metadata["training"]["phases"]] == [1, 1]
     assert metadata["metrics"]["val_accuracy"] is None
     assert metadata["serving"]["tta_level"] == 1  # chosen by --tta: without it, 0 here

@@ -4,6 +4,7 @@ driven in a real browser at phone size against the real app."""
 import re
 from pathlib import Path
 
+import httpx
 import numpy as np
 from PIL import Image
 from playwright.sync_api import ConsoleMessage, expect
@@ -74,6 +75,10 @@ def test_at_phone_size_images_get_answers_a_text_file_an_error_and_the_map_shows
         page.on("console", on_console)
         page.goto(f"http://127.0.0.1:{port}/")
         expect(page.locator("#model")).to_contain_text("model cifar10, version 1")
+        health = httpx.get(f"http://127.0.0.1:{port}/health").json()
+        expect(page.locator("#model")).to_contain_text(
+            f"computed by {health['backend']} in {health['precision']}."
+        )
 
         page.set_input_files("#file-input", [*IMAGES, notes])
 

@@ -1,0 +1,161 @@
+"""INT8 beside the SavedModel, and what each precision costs: `python -m training.quantize DIR...`.
+
+NNCF's post-training quantization (the OpenVINO ecosystem's own tool) turns the exported graph,
+as OpenVINO reads it, into `int8/model.xml` inside the version folder, calibrated on training
+images (never test). Then every precision this CPU serves natively is measured through the
+app's own backend on the test set, and metadata.json records per precision the test accuracy,
+the ECE and the golden set's largest difference beside its tolerance: what the app's
+`INFERENCE_PRECISION=auto` reads (app/precision.py). The training run calls the same two steps
+at export; for a version exported before, this command adds them without retraining.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.contract import INT8_MODEL
+
+CALIBRATION_SIZE = 300  # training images NNCF sees; its own default subset size
+MEASURE_BATCH = 256
+
+
+def calibration_images(x_train: np.ndarray, count: int = CALIBRATION_SIZE, seed: int = 0):
+    """A seeded random sample of the training split, spread over it rather than its first rows."""
+    rng = np.random.default_rng(seed)
+    return x_train[rng.choice(len(x_train), min(count, len(x_train)), replace=False)]
+
+
+def quantize(version_dir: Path, images: np.ndarray) -> Path:
+    """Write `version_dir/int8/model.xml` (+ .bin), NNCF's INT8 model calibrated on `images`.
+
+    Written beside it under a temporary name and renamed into place, so a server polling the
+    folder never reads half a model."""
+    # NNCF sends usage telemetry unless it believes it runs in CI: it never phones home here.
+    os.environ.setdefault("NNCF_CI", "1")
+    import nncf
+    import openvino as ov
+
+    model = ov.Core().read_model(str(version_dir))
+    calibration = nncf.Dataset([image[None] for image in np.asarray(images, np.uint8)])
+    quantized = nncf.quantize(model, calibration, subset_size=len(images))
+    target = version_dir / INT8_MODEL.parent
+    partial = version_dir / f".{INT8_MODEL.parent}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    ov.save_model(quantized, str(partial / INT8_MODEL.name), compress_to_fp16=False)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return version_dir / INT8_MODEL
+
+
+def measure(version_dir: Path, x_test: np.ndarray, y_test: np.ndarray) -> dict[str, Any]:
+    """Per precision the CPU computes natively: test accuracy and ECE through the app's openvino
+    backend, and how far from golden.npz it lands against the tolerance the app allows."""
+    import openvino as ov
+
+    from app.backends import load_backend, native_precisions
+    from app.golden import TOLERANCE, compare
+    from training import calibration, hardware
+
+    golden_path = version_dir / "golden.npz"
+    golden = np.load(golden_path) if golden_path.is_file() else None
+    record: dict[str, Any] = {
+        "measured_on": hardware.describe(),
+        "runtime": f"openvino {ov.__version__.split('-')[0]}",
+        "test_images": len(x_test),
+    }
+    for precision in native_precisions("openvino"):
+        if precision == "int8" and not (version_dir / INT8_MODEL).is_file():
+            continue
+        backend = load_backend(version_dir, "openvino", precision)
+        probabilities = np.concatenate(
+            [
+                backend.predict(x_test[i : i + MEASURE_BATCH])
+                for i in range(0, len(x_test), MEASURE_BATCH)
+            ]
+        )
+        summary = calibration.summary(probabilities, y_test)
+        record[precision] = {
+            "test_accuracy": summary["accuracy"],
+            "ece": summary["ece"],
+            "golden_tolerance": TOLERANCE[precision],
+        }
+        if golden is not None:
+            result = compare(backend.predict(golden["images"]), golden["probabilities"], precision)
+            record[precision]["golden_max_diff"] = float(f"{result.max_abs_diff:.3g}")
+    return record
+
+
+def quantize_and_measure(
+    version_dir: Path,
+    x_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    *,
+    calibration_size: int = CALIBRATION_SIZE,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The INT8 model, then metadata.json's `quantization` and `precisions` for this version."""
+    import nncf
+
+    started = time.perf_counter()
+    quantize(version_dir, calibration_images(x_train, calibration_size, seed))
+    quantization = {
+        "tool": f"nncf {nncf.__version__} quantize (post-training, default preset)",
+        "model": str(INT8_MODEL),
+        "calibration": f"{min(calibration_size, len(x_train))} training-split images, seed {seed}",
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    return {"quantization": quantization, "precisions": measure(version_dir, x_test, y_test)}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.quantize", description=__doc__)
+    parser.add_argument("version_dirs", nargs="+", type=Path, help="exported version folders")
+    parser.add_argument("--data", help="as python -m training --data (default: the offline copy)")
+    parser.add_argument("--calibration-size", type=int, default=CALIBRATION_SIZE)
+    parser.add_argument("--seed", type=int, default=0, help="which training images calibrate")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    from training.data import load_dataset, split_validation
+    from training.export import GOLDEN_SIZE, read_metadata, write_golden, write_metadata
+
+    dataset = load_dataset(args.data)
+    for version_dir in args.version_dirs:
+        metadata = read_metadata(version_dir)
+        # The images the version trained on: its validation split stays out of calibration too.
+        val_size = int(metadata.get("dataset", {}).get("val_size", 0))
+        x_train = split_validation(dataset.x_train, dataset.y_train, val_size).x_train
+        if not (version_dir / "golden.npz").is_file():
+            write_golden(version_dir, dataset.x_test[:GOLDEN_SIZE])
+        metadata |= quantize_and_measure(
+            version_dir,
+            x_train,
+            dataset.x_test,
+            dataset.y_test,
+            calibration_size=args.calibration_size,
+            seed=args.seed,
+        )
+        write_metadata(version_dir, metadata)
+        accuracies = ", ".join(
+            f"{p} {100 * metadata['precisions'][p]['test_accuracy']:.2f} %"
+            for p in ("f32", "bf16", "int8")
+            if p in metadata["precisions"]
+        )
+        seconds = metadata["quantization"]["seconds"]
+        print(
+            f"{version_dir}: quantized in {seconds:.0f} s; test accuracy {accuracies}", flush=True
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
