@@ -60,7 +60,6 @@ def export_tiny_model(version_dir: Path, *, name: str = "cifar10", version: int 
     import keras
 
     from training.export import export_model
-    from training.quantize import quantize
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential(
@@ -80,8 +79,24 @@ def export_tiny_model(version_dir: Path, *, name: str = "cifar10", version: int 
         "metrics": {"test_accuracy": None, "val_accuracy": None, "per_class_accuracy": {}},
     }
     export_model(model, version_dir, labels=LABELS, metadata=metadata)
-    # Its INT8 model too, as every export has: --precision int8 serves the tiny model as well.
+    return add_int8(version_dir)
+
+
+def add_int8(version_dir: Path) -> Path:
+    """The version's INT8 model, as every training export has, so that --precision int8 can
+    serve test models too (calibrated on random images: they are untrained)."""
+    from training.quantize import quantize
+
     quantize(version_dir, np.random.default_rng(0).integers(0, 256, (32, 32, 32, 3), np.uint8))
+    return version_dir
+
+
+def break_version(version_dir: Path) -> Path:
+    """Corrupt what every precision reads: the SavedModel and the INT8 model."""
+    from app.contract import INT8_MODEL
+
+    (version_dir / "saved_model.pb").write_bytes(b"\x00not a protobuf\xff" * 10)
+    (version_dir / INT8_MODEL).write_text("<not a model")
     return version_dir
 
 

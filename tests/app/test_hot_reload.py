@@ -19,7 +19,7 @@ import pytest
 from app.main import create_app
 from app.repository import ServedVersion
 from app.settings import Settings
-from tests.conftest import export_tiny_model, image_bytes, until
+from tests.conftest import break_version, export_tiny_model, image_bytes, until
 from tests.servers import serving
 
 pytestmark = pytest.mark.anyio
@@ -35,7 +35,7 @@ def publish(model_dir: Path, version: int) -> None:
 def publish_broken(model_dir: Path, version: int) -> None:
     partial = model_dir / f".{version}.partial"
     shutil.copytree(model_dir / "1", partial)
-    (partial / "saved_model.pb").write_bytes(b"\x00not a protobuf")
+    break_version(partial)
     metadata = json.loads((partial / "metadata.json").read_text())
     (partial / "metadata.json").write_text(json.dumps(metadata | {"version": version}))
     partial.rename(model_dir / str(version))

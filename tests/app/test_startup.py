@@ -13,15 +13,14 @@ import pytest
 import tensorflow as tf
 
 from app.model import ModelLoadError, describe_device, load_classifier, resolve_version_dir
-from tests.conftest import REPO, export_tiny_model
+from tests.conftest import REPO, break_version, export_tiny_model, precision
 from tests.servers import free_port
 
 
 def corrupt_copy(tiny_model_dir: Path, tmp_path: Path) -> Path:
     broken = tmp_path / "broken" / "1"
     shutil.copytree(tiny_model_dir / "1", broken)
-    (broken / "saved_model.pb").write_bytes(b"\x00not a protobuf\xff" * 10)
-    return broken
+    return break_version(broken)
 
 
 def test_highest_version_is_served(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -132,7 +131,8 @@ def test_server_exits_non_zero_naming_path_and_reason(
     )
 
     assert result.returncode != 0
-    reason = "no such directory" if case == "missing" else "not a loadable SavedModel"
+    broken = "INT8 model" if precision() == "int8" else "SavedModel"
+    reason = "no such directory" if case == "missing" else f"not a loadable {broken}"
     lines = [line for line in result.stderr.splitlines() if "cannot serve the model" in line]
     assert len(lines) == 1 and str(model_dir) in lines[0] and reason in lines[0]
     if runner == "python -m app":

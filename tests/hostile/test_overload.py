@@ -10,7 +10,7 @@ import httpx
 import keras
 import pytest
 
-from tests.conftest import LABELS, image_bytes
+from tests.conftest import LABELS, add_int8, image_bytes
 from tests.servers import free_port, start_server, wait_until_healthy
 
 OVERLOAD_FACTOR = 4
@@ -34,7 +34,7 @@ def export_heavy_model(version_dir: Path) -> Path:
         ]
     )
     export_model(model, version_dir, labels=LABELS, metadata={"name": "heavy", "version": 1})
-    return version_dir
+    return add_int8(version_dir)
 
 
 def rss_mib(pid: int) -> float:
