@@ -5,8 +5,9 @@ same way whichever route it was sent to.
 """
 
 import asyncio
+import contextlib
 import functools
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated
 
@@ -29,8 +30,6 @@ from app.preprocessing import (
 from app.schemas import LabelProbability, Prediction
 from app.uploads import Upload
 
-# Images up to this many pixels decode on the event loop: handing them to a thread costs more.
-INLINE_DECODE_PIXELS = 256 * 256
 # Above this many pixels a decode holds a full-size image in memory (JPEGs never: they decode at
 # 1/2..1/8 scale), so only a few run at once, whatever the threads.
 FULL_SIZE_DECODE_PIXELS = 4_000_000
@@ -44,7 +43,8 @@ _REJECTION_STATUS: dict[type[ImageRejected], int] = {
 
 
 class DecodePool:
-    """Threads that decode images too large for the event loop.
+    """Threads that open and decode every upload: none is parsed on the event loop, whose stall
+    would be every request's (a TIFF's tags or a PNG's text chunks can take seconds).
 
     Every CPU may decode (a process can take the CPU another leaves idle), but at most
     `full_size` images decode at full size at once: their pixels are what decoding costs in
@@ -55,10 +55,17 @@ class DecodePool:
         self.executor = ThreadPoolExecutor(threads, thread_name_prefix="decode")
         self._full_size = asyncio.Semaphore(full_size)
 
-    async def decode(self, image: Image.Image, size: int) -> np.ndarray:
+    async def decode(self, data: bytes, max_pixels: int, size: int) -> np.ndarray:
+        """Open the upload in a thread and, unless it decodes at full size, decode it there
+        too; a full-size decode waits for its place first."""
+        opened = functools.partial(_open_and_decode_small, data, max_pixels, size)
+        result = await asyncio.wrap_future(self.executor.submit(opened))
+        if isinstance(result, np.ndarray):
+            return result
+        return await self._decode_full_size(result, size)
+
+    async def _decode_full_size(self, image: Image.Image, size: int) -> np.ndarray:
         decode = functools.partial(to_model_input, image, size=size)
-        if image.format == "JPEG" or image.width * image.height <= FULL_SIZE_DECODE_PIXELS:
-            return await asyncio.wrap_future(self.executor.submit(decode))
         await self._full_size.acquire()
         running = self.executor.submit(decode)
         # Released when the thread is done, not when this coroutine is: a request cancelled
@@ -69,6 +76,39 @@ class DecodePool:
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=True)
+
+
+class Slots:
+    """At most `running` requests at once and `waiting` in line; past that a 503 at once. For a
+    route whose requests cost many model inputs each (/explain: 50 per image), so that a few
+    clients of it cannot fill the batcher and starve every other route."""
+
+    def __init__(self, running: int, waiting: int, route: str) -> None:
+        self._running = asyncio.Semaphore(running)
+        self._waiting, self._most_waiting, self._route = 0, waiting, route
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    @contextlib.asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        if self._running.locked() and self._waiting >= self._most_waiting:
+            raise ApiError(
+                503,
+                "overloaded",
+                f"too many {self._route} requests are running or waiting; retry shortly",
+                headers={"Retry-After": "1"},
+            )
+        self._waiting += 1
+        try:
+            await self._running.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            yield
+        finally:
+            self._running.release()
 
 
 def filenames(files: Sequence[Upload]) -> list[str]:
@@ -99,7 +139,9 @@ async def decode_all(
     max_pixels: int,
     pool: DecodePool,
 ) -> np.ndarray:
-    """Decode every upload (large ones in the pool); the first bad file fails the request."""
+    """Decode every upload in the pool; the first bad file fails the request."""
+    if not files:
+        raise ApiError(400, "invalid_request", "no images: a batch must hold at least one")
     decodes = [_decode_one(upload, classifier, max_pixels, pool) for upload in files]
     if len(decodes) == 1:  # the common case: no task to create
         results: list[np.ndarray | BaseException] = []
@@ -121,10 +163,16 @@ async def decode_all(
 async def _decode_one(
     upload: Upload, classifier: Classifier, max_pixels: int, pool: DecodePool
 ) -> np.ndarray:
-    image = open_image(upload.data, max_pixels=max_pixels)
-    if image.width * image.height <= INLINE_DECODE_PIXELS:
-        return to_model_input(image, size=classifier.height)
-    return await pool.decode(image, classifier.height)
+    return await pool.decode(upload.data, max_pixels, classifier.height)
+
+
+def _open_and_decode_small(data: bytes, max_pixels: int, size: int) -> np.ndarray | Image.Image:
+    """In a decode thread: the model input, or the opened image when it would decode at full
+    size (JPEGs never do: they decode at 1/2..1/8 scale)."""
+    image = open_image(data, max_pixels=max_pixels)
+    if image.format == "JPEG" or image.width * image.height <= FULL_SIZE_DECODE_PIXELS:
+        return to_model_input(image, size=size)
+    return image
 
 
 def submit(batcher: Batcher, images: np.ndarray) -> asyncio.Future[np.ndarray]:

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from app import serving
-from app.preprocessing import decode_image, open_image
+from app.preprocessing import decode_image
 from app.serving import FULL_SIZE_DECODE_PIXELS, DecodePool
-from tests.conftest import image_bytes
+from tests.conftest import image_bytes, until
 
 pytestmark = pytest.mark.anyio
 MAX_PIXELS = 40_000_000
@@ -41,8 +41,7 @@ def in_flight(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
 
 
 async def decode_four(pool: DecodePool, data: bytes) -> list[np.ndarray]:
-    images = [open_image(data, max_pixels=MAX_PIXELS) for _ in range(4)]
-    return await asyncio.gather(*(pool.decode(image, 32) for image in images))
+    return await asyncio.gather(*(pool.decode(data, MAX_PIXELS, 32) for _ in range(4)))
 
 
 async def test_full_size_decodes_wait_for_each_other_whatever_the_threads(in_flight) -> None:
@@ -80,10 +79,10 @@ async def test_a_cancelled_full_size_decode_holds_its_place_until_its_thread_is_
     png = image_bytes("PNG", size=BIG)
     pool = DecodePool(threads=4, full_size=1)
     try:
-        first = asyncio.ensure_future(pool.decode(open_image(png, max_pixels=MAX_PIXELS), 32))
-        await asyncio.sleep(0.01)  # the first decode's thread is running
+        first = asyncio.ensure_future(pool.decode(png, MAX_PIXELS, 32))
+        await until(lambda: in_flight["now"] == 1, "the first decode never started")
         first.cancel()
-        await pool.decode(open_image(png, max_pixels=MAX_PIXELS), 32)
+        await pool.decode(png, MAX_PIXELS, 32)
     finally:
         pool.shutdown()
 

@@ -12,7 +12,7 @@ from app.preprocessing import (
     ImageTooLarge,
     UnsupportedImage,
     decode_image,
-    load_rgb,
+    load_oriented,
     open_image,
 )
 
@@ -106,7 +106,7 @@ def test_large_jpeg_is_decoded_at_reduced_scale() -> None:
     photo = Image.fromarray(np.full((3000, 4000, 3), 90, dtype=np.uint8))
     image = open_image(encode(photo, "JPEG", quality=80), max_pixels=MAX)
 
-    decoded = load_rgb(image)
+    decoded = load_oriented(image)
 
     assert decoded.size == (500, 375)  # 1/8 DCT scale: never 12 megapixels in memory
 
@@ -131,3 +131,27 @@ def test_rejections_are_specific() -> None:
         decode_image(png[:-30], max_pixels=MAX)
     with pytest.raises(ImageTooLarge):
         open_image(png, max_pixels=99 * 100)
+
+
+def test_an_image_too_large_once_decoded_is_refused_from_its_header() -> None:
+    """Under MAX_IMAGE_PIXELS, but 4 bytes a pixel over MAX_DECODED_BYTES: refused unread."""
+    from app.preprocessing import MAX_DECODED_BYTES, ImageTooLarge, open_image
+
+    side = int((MAX_DECODED_BYTES / 4) ** 0.5) + 10
+    data = io.BytesIO()
+    Image.new("RGBA", (side, side)).save(data, "PNG")
+
+    with pytest.raises(ImageTooLarge, match="once decoded"):
+        open_image(data.getvalue(), max_pixels=side * side)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "F", "RGBA"])
+def test_wide_modes_are_shrunk_in_their_own_mode_and_keep_their_colour(mode: str) -> None:
+    value = {"I;16": 32896, "F": 0.5, "RGBA": (255, 0, 0, 128)}[mode]
+    data = io.BytesIO()
+    Image.new(mode, (640, 480), value).save(data, "TIFF" if mode != "RGBA" else "PNG")
+
+    array = decode_image(data.getvalue(), max_pixels=10**6)
+
+    expected = {"I;16": (128, 128, 128), "F": (128, 128, 128), "RGBA": (255, 127, 127)}[mode]
+    np.testing.assert_allclose(array.reshape(-1, 3), [expected] * 1024, atol=1)
