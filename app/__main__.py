@@ -42,7 +42,10 @@ def make_config(settings: Settings) -> uvicorn.Config:
         host=settings.host,
         port=settings.port,
         timeout_graceful_shutdown=settings.graceful_shutdown_s,  # type: ignore[arg-type]
-        http=guarded_protocol(settings.header_timeout_s, settings.max_connections),
+        http=guarded_protocol(
+            settings.header_timeout_s, settings.max_header_bytes, settings.max_connections
+        ),
+        server_header=False,  # no "server: uvicorn" banner naming the stack to a scanner
         access_log=False,  # app.access writes one JSON line per request
         log_config=None,  # app.logs configures JSON logging
     )

@@ -5,6 +5,10 @@
   request head (request line and headers) must arrive within HEADER_TIMEOUT_S of the connection
   opening, or of the first byte of the next request on a kept-alive one; otherwise the client
   gets a 408 and the connection is closed (nginx's `client_header_timeout` does the same).
+- **Request-head size.** httptools keeps a request line and headers of any size: 217 MiB of
+  small headers grew a process by 5.1 GB. Here a head is counted as its bytes arrive; past
+  MAX_HEADER_BYTES the client gets a 431 and the connection is closed, before the parser sees
+  the rest (nginx answers 400 past its `large_client_header_buffers`).
 - **Connection cap.** Beyond MAX_CONNECTIONS open connections, a new request is answered with a
   JSON 503 and its connection closed, instead of the process taking on work it cannot finish.
 """
@@ -55,13 +59,35 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's HTTP/1.1 protocol plus the two guards above (set by `guarded_protocol`)."""
 
     header_timeout_s: float = 10.0
+    max_header_bytes: int = 32 * 1024
     max_connections: int = 1024
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_pending = True  # the first request head is awaited from the start
+        self._head_bytes = 0
+        self._head_tail = b""  # the last bytes seen, for an end of head split across reads
         self._arm_head_timer()
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_pending and not self._count_head(data):
+            message = f"the request line and headers exceed {self.max_header_bytes} bytes"
+            self._cancel_head_timer()
+            self.transport.write(
+                _json_response(431, "Request Header Fields Too Large", "headers_too_large", message)
+            )
+            self.transport.close()
+            return
+        super().data_received(data)
+
+    def _count_head(self, data: bytes) -> bool:
+        """Count the head's bytes in `data` (up to its blank line); False once over the limit."""
+        seen = self._head_tail + data
+        end = seen.find(b"\r\n\r\n")
+        self._head_bytes += len(data) if end < 0 else max(0, end + 4 - len(self._head_tail))
+        self._head_tail = seen[-3:] if end < 0 else b""
+        return self._head_bytes <= self.max_header_bytes
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
@@ -75,6 +101,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._head_pending = False
+        self._head_bytes, self._head_tail = 0, b""
         self._cancel_head_timer()
         if len(self.connections) <= self.max_connections:
             super().on_headers_complete()
@@ -103,10 +130,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def guarded_protocol(header_timeout_s: float, max_connections: int) -> type[HttpToolsProtocol]:
+def guarded_protocol(
+    header_timeout_s: float, max_header_bytes: int, max_connections: int
+) -> type[HttpToolsProtocol]:
     """The protocol class for `uvicorn.Config(http=...)`, with the service's settings."""
     return type(
         "GuardedHttpToolsProtocol",
         (GuardedHttpToolsProtocol,),
-        {"header_timeout_s": header_timeout_s, "max_connections": max_connections},
+        {
+            "header_timeout_s": header_timeout_s,
+            "max_header_bytes": max_header_bytes,
+            "max_connections": max_connections,
+        },
     )
