@@ -15,7 +15,7 @@ from app.batcher import Batcher
 from app.errors import ApiError
 from app.model import Classifier
 from app.repository import ModelRepository, ServedVersion, VersionNotFound
-from app.serving import DecodePool
+from app.serving import DecodePool, Slots
 from app.settings import Settings
 from app.uploads import Upload, read_uploads
 
@@ -73,10 +73,15 @@ async def get_decode_pool(request: Request) -> DecodePool:
     return request.app.state.decode_pool
 
 
+async def get_explain_slots(request: Request) -> Slots:
+    return request.app.state.explain_slots
+
+
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 ClassifierDep = Annotated[Classifier, Depends(get_classifier)]
 BatcherDep = Annotated[Batcher, Depends(get_batcher)]
 DecodePoolDep = Annotated[DecodePool, Depends(get_decode_pool)]
+ExplainSlotsDep = Annotated[Slots, Depends(get_explain_slots)]
 
 _api_key_header = APIKeyHeader(
     name="X-API-Key", auto_error=False, description="Needed only when the API_KEY setting is set."
@@ -92,6 +97,25 @@ async def require_api_key(
     expected = settings.api_key.get_secret_value().encode()
     if key is None or not secrets.compare_digest(key.encode(), expected):
         raise ApiError(401, "unauthorized", "missing or wrong X-API-Key header")
+
+
+async def require_admin_key(
+    settings: SettingsDep, key: Annotated[str | None, Security(_api_key_header)]
+) -> None:
+    """The repository API's key, apart from the inference key: a client that may classify may
+    not unload the model for everyone."""
+    if settings.admin_api_key is None:
+        raise ApiError(403, "forbidden", "set ADMIN_API_KEY to use the repository API")
+    if key is None:
+        raise ApiError(401, "unauthorized", "missing X-API-Key header")
+    if secrets.compare_digest(key.encode(), settings.admin_api_key.get_secret_value().encode()):
+        return
+    inference = settings.api_key
+    if inference is not None and secrets.compare_digest(
+        key.encode(), inference.get_secret_value().encode()
+    ):
+        raise ApiError(403, "forbidden", "the inference key does not open the repository API")
+    raise ApiError(401, "unauthorized", "wrong X-API-Key header")
 
 
 async def get_uploads(request: Request, settings: SettingsDep) -> list[Upload]:

@@ -15,7 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from app import openapi
 from app.access import AccessMiddleware
 from app.batcher import Batcher, BatchStats
-from app.deps import require_api_key
+from app.deps import require_admin_key, require_api_key
 from app.errors import install_error_handlers
 from app.limits import RequestLimitsMiddleware
 from app.logs import configure_logging
@@ -28,8 +28,18 @@ from app.model import (
     load_classifier,
 )
 from app.repository import ModelRepository, RepositoryEvent
-from app.routers import docs, explain, health, inference_protocol, metrics, model_info, predict, web
-from app.serving import DecodePool
+from app.routers import (
+    docs,
+    explain,
+    health,
+    inference_protocol,
+    metrics,
+    model_info,
+    predict,
+    web,
+)
+from app.routers import repository as repository_api
+from app.serving import DecodePool, Slots
 from app.settings import Settings, get_settings
 
 logger = logging.getLogger("app")
@@ -79,6 +89,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     decode_pool = DecodePool(settings.image_decode_threads, settings.full_size_decodes)
     app.state.repository = repository
     app.state.decode_pool = decode_pool
+    app.state.explain_slots = Slots(
+        settings.explain_concurrency, settings.explain_queue, "/explain"
+    )
     app.state.ready = True
     _drain_on_sigterm(app, settings.drain_delay_s)
     watcher = asyncio.create_task(_watch(repository, settings.model_poll_s), name="model-poll")
@@ -195,6 +208,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(model_info.router, dependencies=protected)
     app.include_router(inference_protocol.router, dependencies=protected)
     app.include_router(inference_protocol.health_router)
+    app.include_router(repository_api.router, dependencies=[Depends(require_admin_key)])
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.mount("/static/swagger-ui", docs.static, name="swagger-ui")

@@ -82,6 +82,18 @@ class Settings(BaseSettings):
         "(None: 2 when there are 2 or more CPUs, else 1).",
     )
 
+    explain_concurrency: int = Field(
+        1,
+        ge=1,
+        description="/explain requests computed at once per process (each image is ~50 model "
+        "inputs); more wait in line, up to EXPLAIN_QUEUE.",
+    )
+    explain_queue: int = Field(
+        4,
+        ge=0,
+        description="/explain requests waiting per process; one more gets 503 with Retry-After.",
+    )
+
     # CPU threads (None: derived from the CPU quota the process really has)
     intra_op_threads: int | None = Field(None, ge=1, description="TensorFlow intra-op threads.")
     inter_op_threads: int | None = Field(None, ge=1, description="TensorFlow inter-op threads.")
@@ -118,6 +130,12 @@ class Settings(BaseSettings):
         description="Longest time for a request head (request line and headers) to arrive; "
         "past it the client gets 408 and the connection is closed.",
     )
+    max_header_bytes: int = Field(
+        32 * 1024,
+        ge=1024,
+        description="Longest request line and headers, in bytes, counted as they arrive; "
+        "beyond it the client gets 431 and the connection is closed.",
+    )
     max_connections: int = Field(
         1024,
         ge=1,
@@ -135,7 +153,14 @@ class Settings(BaseSettings):
         default_factory=list, description="Origins allowed by CORS; empty means CORS is off."
     )
     api_key: SecretStr | None = Field(
-        None, description="When set, /predict and /model require this X-API-Key header."
+        None,
+        description="The inference key: when set, /predict, /explain, /model and the /v2 "
+        "models API require it in the X-API-Key header (health, metrics and the page do not).",
+    )
+    admin_api_key: SecretStr | None = Field(
+        None,
+        description="The admin key: the /v2 repository API (load, unload) requires it in the "
+        "X-API-Key header; unset, that API answers 403. The inference key does not open it.",
     )
     log_level: str = Field("info", description="Python logging level name.")
 
@@ -157,6 +182,12 @@ class Settings(BaseSettings):
             )
         if self.max_images_per_request > self.max_queue_images:
             raise ValueError("MAX_QUEUE_IMAGES must hold at least one full request")
+        if (
+            self.api_key is not None
+            and self.admin_api_key is not None
+            and self.api_key.get_secret_value() == self.admin_api_key.get_secret_value()
+        ):
+            raise ValueError("ADMIN_API_KEY must differ from API_KEY: one key would open both")
         if self.inference_backend == "tensorflow" and self.inference_precision in ("bf16", "int8"):
             raise ValueError(
                 f"INFERENCE_PRECISION={self.inference_precision} needs INFERENCE_BACKEND=openvino "

@@ -3,6 +3,7 @@
 `python -m pytest --precision f32|bf16|int8` runs the serving tests under that precision (default
 auto: whatever this CPU's rule picks). It sets INFERENCE_PRECISION for every app the tests start,
 in-process or as `python -m app`; tests that load a model themselves read it from `precision()`.
+Every other setting's environment variable is cleared at start: the shell's do not leak in.
 """
 
 import asyncio
@@ -35,6 +36,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    """The service's settings come from the tests alone: a WORKERS or API_KEY in the shell must
+    not change what the tests start (the apps in-process and `python -m app` alike)."""
+    from app.settings import Settings
+
+    for name in Settings.model_fields:
+        os.environ.pop(name.upper(), None)
     # Set here, not per test: subprocess servers and Settings() both read the environment.
     os.environ["INFERENCE_PRECISION"] = config.getoption("--precision")
 

@@ -12,6 +12,7 @@ from app.deps import (
     BatcherDep,
     ClassifierDep,
     DecodePoolDep,
+    ExplainSlotsDep,
     SettingsDep,
     UploadsDep,
 )
@@ -64,6 +65,7 @@ async def explain(
     classifier: ClassifierDep,
     batcher: BatcherDep,
     decode_pool: DecodePoolDep,
+    slots: ExplainSlotsDep,
     settings: SettingsDep,
     top_k: serving.TopK = None,
     patch: Annotated[
@@ -92,15 +94,16 @@ async def explain(
             f"MAX_BATCH_SIZE {settings.max_batch_size}); send the rest in another request",
             file=names[most],
         )
-    with batcher.incoming():
-        images = await serving.decode_all(
-            files, names, classifier, settings.max_image_pixels, decode_pool
+    async with slots.hold():
+        with batcher.incoming():
+            images = await serving.decode_all(
+                files, names, classifier, settings.max_image_pixels, decode_pool
+            )
+            future = serving.submit(batcher, occlusion.occluded_batch(images, grid))
+        remaining = deadline - asyncio.get_running_loop().time()
+        probabilities = await serving.wait_for_result(
+            request, future, remaining, settings.request_timeout_s
         )
-        future = serving.submit(batcher, occlusion.occluded_batch(images, grid))
-    remaining = deadline - asyncio.get_running_loop().time()
-    probabilities = await serving.wait_for_result(
-        request, future, remaining, settings.request_timeout_s
-    )
     per_image = probabilities.reshape(len(images), grid.inputs_per_image, -1)
     maps = [occlusion.sensitivity(rows, int(np.argmax(rows[0])), grid) for rows in per_image]
     pictures = await asyncio.get_running_loop().run_in_executor(

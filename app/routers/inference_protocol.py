@@ -53,7 +53,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     for status, description, example in (
         (400, "A malformed request, or a shape, datatype or value the model does not take.",
          "input 'images' has shape [1, 28, 28, 3]; the model takes [-1, 32, 32, 3]"),
-        (403, "The repository API without API_KEY set.", "set API_KEY to use the repository API"),
+        (401, "A key is set and the X-API-Key header is missing or wrong.",
+         "missing or wrong X-API-Key header"),
+        (403, "The repository API without ADMIN_API_KEY set, or with the inference key.",
+         "set ADMIN_API_KEY to use the repository API"),
         (404, "No such model or version.", "version 7 of model 'cifar10' is not loaded"),
         (413, "More images than MAX_IMAGES_PER_REQUEST, or a body over MAX_UPLOAD_BYTES.",
          "65 images in one request; the limit is 64 (MAX_IMAGES_PER_REQUEST)"),
@@ -84,7 +87,7 @@ INFER_BODY = {
 @contextmanager
 def _hold(repository: ModelRepository, name: str, version: str | None) -> Iterator[ServedVersion]:
     """The named version (default: the highest loaded), held for this request."""
-    _check_name(repository, name)
+    check_name(repository, name)
     if version is not None and not is_version_name(version):
         raise ApiError(404, "not_found", f"version '{version}' is not an integer")
     try:
@@ -208,40 +211,11 @@ async def infer(
     )
 
 
-@router.post("/repository/models/{name}/load", responses=ERRORS)
-async def load_model(request: Request, name: ModelName) -> JSONResponse:
-    """Look at the model folder now (as a poll does): load new versions, unload removed ones.
-    For deployments with MODEL_POLL_S=0; needs API_KEY set, and the key."""
-    repository = _controlled(request, name)
-    await repository.poll()
-    if not repository.versions:
-        raise ApiError(503, "not_ready", f"no version of '{name}' could be loaded")
-    return JSONResponse({})
-
-
-@router.post("/repository/models/{name}/unload", responses=ERRORS)
-async def unload_model(request: Request, name: ModelName) -> JSONResponse:
-    """Stop serving every version (in-flight requests finish first); /health turns 503 until
-    a load, or the next poll when MODEL_POLL_S > 0."""
-    repository = _controlled(request, name)
-    await repository.unload()
-    return JSONResponse({})
-
-
-def _check_name(repository: ModelRepository, name: str) -> None:
+def check_name(repository: ModelRepository, name: str) -> None:
     if name != repository.name:
         raise ApiError(
             404, "not_found", f"unknown model '{name}'; this server has '{repository.name}'"
         )
-
-
-def _controlled(request: Request, name: str) -> ModelRepository:
-    """The repository, for the control calls: only where an API key guards them."""
-    if request.app.state.settings.api_key is None:
-        raise ApiError(403, "forbidden", "set API_KEY to use the repository API")
-    repository: ModelRepository = request.app.state.repository
-    _check_name(repository, name)
-    return repository
 
 
 def _now() -> float:

@@ -264,3 +264,53 @@ def test_documented_in_openapi_with_its_cost_and_errors(client) -> None:
     assert {"patch", "stride", "heatmap", "top_k"} <= set(parameters)
     assert parameters["top_k"]["maximum"] == 10  # the loaded model's labels
     assert "multipart/form-data" in json.dumps(operation["requestBody"])
+
+
+@pytest.mark.anyio
+async def test_explain_beyond_its_slots_gets_503_while_predict_is_served(
+    tiny_model_dir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EXPLAIN_CONCURRENCY=1, EXPLAIN_QUEUE=1: one computing, one waiting, the third refused at
+    once; a /predict meanwhile is answered (it is not behind the /explain line)."""
+    import asyncio
+    import threading
+
+    import httpx
+
+    from app.main import create_app
+    from app.model import Classifier
+    from app.settings import Settings
+    from tests.conftest import until
+
+    release, entered, armed = threading.Event(), threading.Event(), threading.Event()
+    predict = Classifier.predict
+
+    def gated(classifier: Classifier, images):
+        if armed.is_set() and len(images) >= 50:  # an /explain batch, not the warm-up: hold it
+            entered.set()
+            assert release.wait(60), "never released"
+        return predict(classifier, images)
+
+    monkeypatch.setattr(Classifier, "predict", gated)
+    settings = Settings(
+        model_dir=tiny_model_dir, explain_concurrency=1, explain_queue=1, inference_workers=2
+    )
+    app = create_app(settings)
+    files = {"files": ("a.png", image_bytes(), "image/png")}
+    async with app.router.lifespan_context(app):
+        armed.set()
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            first = asyncio.ensure_future(client.post("/explain", files=files))
+            assert await asyncio.to_thread(entered.wait, 60), "the first never reached the model"
+            second = asyncio.ensure_future(client.post("/explain", files=files))
+            await until(lambda: app.state.explain_slots.waiting == 1, "the second never queued")
+            third = await client.post("/explain", files=files)
+            predicted = await client.post("/predict", files=files)
+            release.set()
+            answers = await asyncio.gather(first, second)
+
+    assert third.status_code == 503 and third.headers["retry-after"] == "1"
+    assert third.json()["error"]["code"] == "overloaded"
+    assert predicted.status_code == 200
+    assert [answer.status_code for answer in answers] == [200, 200]

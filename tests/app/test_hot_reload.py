@@ -235,10 +235,10 @@ async def test_explicit_load_and_unload_through_the_repository_api(tmp_path: Pat
 
     async with running(model_dir) as (repository, client):
         refused = await client.post("/v2/repository/models/cifar10/unload")
-        assert refused.status_code == 403 and "API_KEY" in refused.json()["error"]
+        assert refused.status_code == 403 and "ADMIN_API_KEY" in refused.json()["error"]
         assert repository.versions == [1]
 
-    async with running(model_dir, api_key="k") as (repository, client):
+    async with running(model_dir, admin_api_key="k") as (repository, client):
         client.headers["X-API-Key"] = "k"
         publish(model_dir, 2)
         assert repository.versions == [1]  # polling is off

@@ -2,6 +2,8 @@
 
 import re
 
+import pytest
+
 from tests.conftest import image_bytes
 
 PNG = {"files": ("a.png", image_bytes(), "image/png")}
@@ -23,7 +25,10 @@ def test_api_key_protects_predict_and_model_but_not_health(make_client) -> None:
 
 def test_no_api_key_means_open_and_undocumented(client) -> None:
     assert client.post("/predict", files=PNG).status_code == 200
-    assert "securitySchemes" not in client.get("/openapi.json").json().get("components", {})
+    paths = client.get("/openapi.json").json()["paths"]
+    assert "security" not in paths["/predict"]["post"]
+    # The repository API is never open: it needs ADMIN_API_KEY, and says so.
+    assert "security" in paths["/v2/repository/models/{name}/unload"]["post"]
 
 
 def test_cors_is_off_by_default(client) -> None:
@@ -73,3 +78,66 @@ def test_metrics_count_requests_and_images(client) -> None:
         f'precision="{health["precision"]}",version="1"}} 1.0'
     ) in text
     assert "batch_queue_images 0.0" in text
+
+
+# The routes anyone may call when keys are set: probes, metrics and server metadata. Every other
+# documented route must refuse a request without a key; a new route is guarded unless listed.
+PUBLIC = {
+    ("GET", "/health"),
+    ("GET", "/health/live"),
+    ("GET", "/metrics"),
+    ("GET", "/v2"),
+    ("GET", "/v2/health/live"),
+    ("GET", "/v2/health/ready"),
+}
+REPOSITORY = "/v2/repository/"
+
+
+def documented_routes(client) -> list[tuple[str, str]]:
+    paths = client.get("/openapi.json").json()["paths"]
+    return [
+        (method.upper(), path.replace("{name}", "cifar10").replace("{version}", "1"))
+        for path, operations in paths.items()
+        for method in operations
+    ]
+
+
+def test_every_route_outside_the_public_list_needs_its_key(make_client) -> None:
+    client = make_client(api_key="inference", admin_api_key="admin")
+    routes = documented_routes(client)
+    assert {path for _, path in routes} >= {"/predict", "/explain", "/model", "/v2/models/cifar10"}
+
+    for method, path in routes:
+        anonymous = client.request(method, path)
+        if (method, path) in PUBLIC:
+            assert anonymous.status_code not in (401, 403), (method, path)
+            continue
+        assert anonymous.status_code == 401, (method, path, anonymous.status_code)
+        inference = client.request(method, path, headers={"X-API-Key": "inference"})
+        admin = client.request(method, path, headers={"X-API-Key": "admin"})
+        if path.startswith(REPOSITORY):  # the inference key may not unload the model
+            assert inference.status_code == 403, (method, path)
+            assert admin.status_code not in (401, 403), (method, path)
+        else:  # the admin key is for the repository only
+            assert inference.status_code not in (401, 403), (method, path)
+            assert admin.status_code == 401, (method, path)
+
+
+def test_the_repository_api_is_closed_without_an_admin_key(make_client) -> None:
+    client = make_client(api_key="inference")
+
+    refused = client.post(
+        "/v2/repository/models/cifar10/unload", headers={"X-API-Key": "inference"}
+    )
+
+    assert refused.status_code == 403 and "ADMIN_API_KEY" in refused.json()["error"]
+    assert client.get("/health").status_code == 200  # still serving
+
+
+def test_one_key_cannot_be_both(make_client) -> None:
+    from pydantic import ValidationError
+
+    from app.settings import Settings
+
+    with pytest.raises(ValidationError, match="ADMIN_API_KEY must differ"):
+        Settings(api_key="same", admin_api_key="same")

@@ -1,0 +1,40 @@
+"""The Open Inference Protocol's repository extension: load and unload, behind the admin key.
+
+Its own router so that its guard is its own: `require_admin_key` (ADMIN_API_KEY), never the
+inference key, which may classify but not take the model away from everyone.
+"""
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from app.errors import ApiError
+from app.repository import ModelRepository
+from app.routers.inference_protocol import ERRORS, ModelName, check_name
+
+router = APIRouter(prefix="/v2/repository", tags=["open inference protocol"])
+
+
+def _repository(request: Request, name: str) -> ModelRepository:
+    """The repository itself, loaded versions or not (an unloaded one must be loadable)."""
+    repository: ModelRepository = request.app.state.repository
+    check_name(repository, name)
+    return repository
+
+
+@router.post("/models/{name}/load", responses=ERRORS)
+async def load_model(request: Request, name: ModelName) -> JSONResponse:
+    """Look at the model folder now (as a poll does): load new versions, unload removed ones.
+    For deployments with MODEL_POLL_S=0; needs ADMIN_API_KEY set, and that key."""
+    repository = _repository(request, name)
+    await repository.poll()
+    if not repository.versions:
+        raise ApiError(503, "not_ready", f"no version of '{name}' could be loaded")
+    return JSONResponse({})
+
+
+@router.post("/models/{name}/unload", responses=ERRORS)
+async def unload_model(request: Request, name: ModelName) -> JSONResponse:
+    """Stop serving every version (in-flight requests finish first); /health turns 503 until
+    a load, or the next poll when MODEL_POLL_S > 0."""
+    await _repository(request, name).unload()
+    return JSONResponse({})
