@@ -110,8 +110,19 @@ class ModelReadyResponse(BaseModel):
     ready: bool
 
 
-def parse_request(body: bytes, header_length: str | None) -> tuple[InferenceRequest, list[bytes]]:
-    """The JSON part and, for each input in order, its raw bytes (b"" for JSON data)."""
+def json_limit(max_images: int, height: int, width: int) -> int:
+    """The most JSON a request can need: the largest UINT8 tensor the service takes, written
+    as JSON numbers ("255, " per value), plus room for names and parameters. Image files come
+    as binary data, which is not JSON."""
+    return max_images * height * width * 3 * 5 + 64 * 1024
+
+
+def parse_request(
+    body: bytes, header_length: str | None, max_json_bytes: int
+) -> tuple[InferenceRequest, list[bytes]]:
+    """The JSON part and, for each input in order, its raw bytes (b"" for JSON data). A JSON
+    part over `max_json_bytes` is refused before it is parsed: 33 MB of `[],` once took 1.2 GB
+    and a 5 s stall."""
     if header_length is None:
         header, binary = body, b""
     else:
@@ -125,6 +136,12 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[InferenceRequ
                 f"Inference-Header-Content-Length is {size}, the body has {len(body)} bytes",
             )
         header, binary = body[:size], body[size:]
+    if len(header) > max_json_bytes:
+        raise ProtocolError(
+            413,
+            f"the JSON part is {len(header)} bytes; no request needs more than {max_json_bytes} "
+            "(send image files and large tensors as binary data)",
+        )
     try:
         request = InferenceRequest.model_validate_json(header)
     except ValidationError as exc:

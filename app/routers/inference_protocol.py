@@ -171,8 +171,17 @@ async def infer(
     if request.headers.get("content-encoding", "identity") != "identity":
         raise ApiError(415, "unsupported_media_type", "compressed requests are not accepted")
     body = await request.body()
+    default = repository.get().classifier
+    limit = oip.json_limit(settings.max_images_per_request, default.height, default.width)
     with _protocol_errors():
-        parsed, chunks = oip.parse_request(body, request.headers.get(oip.HEADER_LENGTH))
+        # Off the event loop: a large JSON body takes its parser a while.
+        parsed, chunks = await asyncio.get_running_loop().run_in_executor(
+            decode_pool.executor,
+            oip.parse_request,
+            body,
+            request.headers.get(oip.HEADER_LENGTH),
+            limit,
+        )
     with _hold(repository, name, version) as served:
         classifier, batcher = served.classifier, served.batcher
         outputs = _requested_outputs(parsed, len(classifier.labels))

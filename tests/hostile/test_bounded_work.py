@@ -245,6 +245,20 @@ def v2_bytes_batch_of_zero(port: int) -> tuple[int, str | None]:
     return response.status_code, None if response.is_success else "refused"
 
 
+@case
+def v2_json_of_30_mb_of_empty_lists(port: int) -> tuple[int, str | None]:
+    data = b"[]," * (10 * 1024 * 1024) + b"[]"
+    body = b'{"inputs": [{"name": "images", "shape": [1, 32, 32, 3], "datatype": "UINT8", '
+    body += b'"data": [' + data + b"]}]}"
+    with httpx.Client(timeout=60) as client:
+        response = client.post(
+            f"http://127.0.0.1:{port}/v2/models/cifar10/infer",
+            content=body,
+            headers={"content-type": "application/json"},
+        )
+    return response.status_code, None if response.is_success else "refused"
+
+
 EXPECTED = {
     "header_flood": (431, "headers_too_large"),
     "one_100_mib_header": (431, "headers_too_large"),
@@ -255,6 +269,7 @@ EXPECTED = {
     "pngs_with_64_mib_of_text_each": (400, "corrupt_image"),
     "jpeg_with_malformed_exif": (400, "corrupt_image"),
     "v2_bytes_batch_of_zero": (400, "refused"),
+    "v2_json_of_30_mb_of_empty_lists": (413, "refused"),
 }
 
 
