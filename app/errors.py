@@ -138,9 +138,12 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
             "the request body exceeds MAX_UPLOAD_BYTES",
             path=request.url.path,
         )
-    code = {404: "not_found", 405: "method_not_allowed", 408: "upload_timeout"}.get(
-        exc.status_code, "http_error"
-    )
+    code = {
+        404: "not_found",
+        405: "method_not_allowed",
+        408: "upload_timeout",
+        503: "overloaded",
+    }.get(exc.status_code, "http_error")
     return error_response(
         exc.status_code, code, str(exc.detail), headers=exc.headers, path=request.url.path
     )

@@ -4,6 +4,10 @@
   without one (chunked) is counted as it streams and cut at the same cap.
 - The whole body must arrive within UPLOAD_TIMEOUT_S, so a slow client cannot hold a
   connection and a buffer for ever.
+- The bodies of all requests in flight share MAX_UPLOAD_BYTES_IN_FLIGHT: 40 uploads of 32 MiB,
+  each stopped short of its end, once held 1.16 GB until their timeout. A request whose body
+  would pass the budget gets 503 with Retry-After (from its declared length, before a byte is
+  read; else as its bytes arrive); a body's bytes count until its response is sent.
 """
 
 import asyncio
@@ -27,11 +31,25 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"the request body exceeds {limit} bytes (MAX_UPLOAD_BYTES)")
 
 
+class BudgetSpent(HTTPException):
+    def __init__(self, budget: int) -> None:
+        super().__init__(
+            503,
+            f"request bodies in flight would pass {budget} bytes "
+            "(MAX_UPLOAD_BYTES_IN_FLIGHT); retry shortly",
+            headers={"Retry-After": "1"},
+        )
+
+
 class RequestLimitsMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int, upload_timeout_s: float) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, upload_timeout_s: float, max_in_flight: int
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.upload_timeout_s = upload_timeout_s
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0  # body bytes held by requests not yet answered, process-wide
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -49,9 +67,28 @@ class RequestLimitsMiddleware:
             )
             await response(scope, receive, send)
             return
+        reserved = declared or 0
+        if self.in_flight + reserved > self.max_in_flight:
+            spent = BudgetSpent(self.max_in_flight)
+            response = error_response(
+                503, "overloaded", spent.detail, headers=spent.headers, path=scope["path"]
+            )
+            await response(scope, receive, send)
+            return
+        self.in_flight += reserved
         deadline = asyncio.get_running_loop().time() + self.upload_timeout_s
         received = 0
         body_done = False
+
+        def hold(count: int) -> None:
+            """A body without a declared length (or longer than declared) holds more as it
+            arrives."""
+            nonlocal reserved
+            if count > reserved:
+                if self.in_flight + count - reserved > self.max_in_flight:
+                    raise BudgetSpent(self.max_in_flight)
+                self.in_flight += count - reserved
+                reserved = count
 
         async def limited_receive() -> Message:
             nonlocal received, body_done
@@ -66,10 +103,14 @@ class RequestLimitsMiddleware:
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
                     raise BodyTooLarge(self.max_body_bytes)
+                hold(received)
             body_done = message["type"] != "http.request" or not message.get("more_body")
             return message
 
-        await self.app(scope, limited_receive, send)
+        try:
+            await self.app(scope, limited_receive, send)
+        finally:
+            self.in_flight -= reserved
 
 
 def _content_length(scope: Scope) -> int | None:

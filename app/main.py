@@ -199,6 +199,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         RequestLimitsMiddleware,
         max_body_bytes=settings.max_upload_bytes,
         upload_timeout_s=settings.upload_timeout_s,
+        max_in_flight=settings.max_upload_bytes_in_flight,
     )
     app.add_middleware(AccessMiddleware, metrics=app.state.metrics)
     # Only with an API key configured do the routes (and their OpenAPI) require it.

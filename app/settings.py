@@ -59,6 +59,13 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         40_000_000, ge=1024, description="Width x height of one image, read from its header."
     )
+    max_upload_bytes_in_flight: int = Field(
+        256 * 1024 * 1024,
+        ge=1024,
+        description="Request bodies held at once by one process, in bytes (from each declared "
+        "length, else as bytes arrive, until the answer is sent); beyond it, 503 with "
+        "Retry-After.",
+    )
     upload_timeout_s: float = Field(
         60.0, gt=0, description="Longest time to receive a request body; slower clients get 408."
     )
@@ -180,6 +187,8 @@ class Settings(BaseSettings):
                 f"MAX_IMAGES_PER_REQUEST ({self.max_images_per_request}) must not exceed "
                 f"MAX_BATCH_SIZE ({self.max_batch_size}): one request is one batch"
             )
+        if self.max_upload_bytes_in_flight < self.max_upload_bytes:
+            raise ValueError("MAX_UPLOAD_BYTES_IN_FLIGHT must hold at least one full upload")
         if self.max_images_per_request > self.max_queue_images:
             raise ValueError("MAX_QUEUE_IMAGES must hold at least one full request")
         if (

@@ -125,6 +125,35 @@ async def test_full_queue_answers_503_with_retry_after(tiny_model_dir, gated) ->
     assert gated.batches == [64, 64]  # the two accepted, each whole
 
 
+async def test_bodies_in_flight_share_one_budget(tiny_model_dir, gated) -> None:
+    """MAX_UPLOAD_BYTES_IN_FLIGHT: with one body held (its request is in the model), a second
+    that would pass the budget gets 503 before its body is read; once the first is answered,
+    its bytes are free again."""
+    big = image_bytes(size=(300, 300))  # ~270 KB of random pixels
+    settings = Settings(
+        model_dir=tiny_model_dir,
+        max_upload_bytes=len(big) + 4096,
+        max_upload_bytes_in_flight=len(big) + 8192,
+    )
+    app = create_app(settings)
+    async with running(app) as client:
+        gated.armed = True
+        first = asyncio.ensure_future(client.post("/predict", files=upload(big)))
+        await asyncio.to_thread(gated.started.wait, 30)  # its body is held
+        refused = await client.post("/predict", files=upload(big))
+        probe = await client.get("/health")  # no body: nothing to hold
+        gated.release.set()
+        answered = await first
+        gated.armed = False
+        again = await client.post("/predict", files=upload(big))
+
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert refused.json()["error"]["code"] == "overloaded"
+    assert "MAX_UPLOAD_BYTES_IN_FLIGHT" in refused.json()["error"]["message"]
+    assert probe.status_code == 200
+    assert answered.status_code == 200 and again.status_code == 200
+
+
 async def test_health_answers_while_a_batch_computes(tiny_model_dir, gated) -> None:
     app = create_app(Settings(model_dir=tiny_model_dir))
     async with running(app) as client:
