@@ -5,6 +5,7 @@ server's RSS: it must be answered as expected (4xx, 431, or 200 for a legal imag
 process must grow by less than 200 MB, and /health must answer within 1 s throughout.
 """
 
+import contextlib
 import io
 import json
 import re
@@ -259,6 +260,33 @@ def v2_json_of_30_mb_of_empty_lists(port: int) -> tuple[int, str | None]:
     return response.status_code, None if response.is_success else "refused"
 
 
+@case
+def forty_uploads_of_32_mib_stopped_short(port: int) -> tuple[int, str | None]:
+    """Each declares 32 MiB, sends 1 MiB and stalls: the budget (256 MiB) holds 8 of them, the
+    rest are answered 503 before their bodies are read."""
+    length = 32 * 1024 * 1024 - 1024
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n"
+        "Content-Type: multipart/form-data; boundary=b\r\n\r\n"
+    ).encode()
+    sockets = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(40)]
+    try:
+        for sock in sockets:
+            with contextlib.suppress(OSError):  # a refused one may be closed mid-send
+                sock.sendall(head + b"--b\r\n" + b"a" * (1024 * 1024))
+        refused = 0
+        for sock in sockets:
+            sock.settimeout(2)
+            answer = b""
+            with contextlib.suppress(OSError):  # a timeout: held, its body within the budget
+                answer = sock.recv(64)
+            refused += answer.startswith(b"HTTP/1.1 503")
+    finally:
+        for sock in sockets:
+            sock.close()
+    return (503, "overloaded") if refused == 40 - 8 else (refused, None)
+
+
 EXPECTED = {
     "header_flood": (431, "headers_too_large"),
     "one_100_mib_header": (431, "headers_too_large"),
@@ -270,6 +298,7 @@ EXPECTED = {
     "jpeg_with_malformed_exif": (400, "corrupt_image"),
     "v2_bytes_batch_of_zero": (400, "refused"),
     "v2_json_of_30_mb_of_empty_lists": (413, "refused"),
+    "forty_uploads_of_32_mib_stopped_short": (503, "overloaded"),
 }
 
 
