@@ -175,9 +175,11 @@ class ModelRepository:
                 self._unload_later(served, events)
 
     async def close(self) -> None:
-        """Stop serving: every batcher finishes its queued work."""
-        leaving = list(self._by_folder.values())
-        self._by_folder, self._served = {}, {}
+        """Stop serving: every batcher finishes its queued work. After a poll that is loading a
+        version, not beside it: that version's batcher would outlive the close."""
+        async with self._poll_lock:
+            leaving = list(self._by_folder.values())
+            self._by_folder, self._served = {}, {}
         await asyncio.gather(*(served.batcher.stop() for served in leaving), *self._unloading)
 
     def _scan(self) -> dict[int, tuple[int, ...]]:

@@ -213,6 +213,24 @@ async def test_a_broken_highest_version_leaves_the_next_one_serving(tmp_path: Pa
     assert 'model_version_events_total{event="refused"} 2.0' in metrics
 
 
+async def test_a_version_of_another_model_is_refused(tmp_path: Path) -> None:
+    """Versions of one folder are one model: a version 2 that names another keeps 1 serving."""
+    model_dir = tmp_path / "cifar10"
+    export_tiny_model(model_dir / "1", version=1)
+
+    async with running(model_dir) as (repository, client):
+        partial = model_dir / ".2.partial"
+        export_tiny_model(partial, name="mnist", version=2)
+        partial.rename(model_dir / "2")
+        events = await repository.poll()
+        health = (await client.get("/health")).json()
+
+    [event] = events
+    assert (event.kind, event.version) == ("refused", 2)
+    assert "names model 'mnist', this repository serves 'cifar10'" in event.reason
+    assert (health["model"], health["version"]) == ("cifar10", 1)
+
+
 async def test_a_refused_version_is_retried_once_its_files_change(tmp_path: Path) -> None:
     model_dir = tmp_path / "cifar10"
     export_tiny_model(model_dir / "1", version=1)
@@ -254,3 +272,64 @@ async def test_explicit_load_and_unload_through_the_repository_api(tmp_path: Pat
         assert (await client.post("/v2/repository/models/cifar10/load")).status_code == 200
         assert (await client.get("/v2/models/cifar10/versions/2/ready")).status_code == 200
         assert (await client.post("/v2/repository/models/mnist/load")).status_code == 404
+
+
+async def test_a_folder_that_empties_keeps_its_last_version_serving(tmp_path: Path) -> None:
+    """Nothing servable left (removed, or a half-finished copy): keep serving, never go dark."""
+    model_dir = tmp_path / "cifar10"
+    export_tiny_model(model_dir / "1", version=1)
+
+    async with running(model_dir) as (repository, client):
+        shutil.rmtree(model_dir / "1")
+        events = await repository.poll()
+        versions = repository.versions
+        predicted = await client.post("/predict", files={"files": image_bytes()})
+
+    assert events == [] and versions == [1]
+    assert predicted.status_code == 200 and predicted.json()["version"] == 1
+
+
+async def test_close_waits_for_a_poll_that_is_loading(tmp_path: Path) -> None:
+    """Shutdown during a poll that is loading version 2: version 2's batcher must not outlive
+    the close (it would if close emptied the repository beside the poll)."""
+    import asyncio
+
+    from app.batcher import Batcher
+    from app.model import load_classifier
+    from app.repository import ModelRepository
+    from app.version_policy import VersionPolicy
+
+    model_dir = tmp_path / "cifar10"
+    export_tiny_model(model_dir / "1", version=1)
+    loading, proceed = threading.Event(), threading.Event()
+    batchers: list[Batcher] = []
+
+    def load(path: Path):
+        if path.name == "2":
+            loading.set()
+            assert proceed.wait(60), "never let through"
+        return load_classifier(path, precision="f32")
+
+    def make_batcher(classifier) -> Batcher:
+        batchers.append(
+            Batcher(classifier.predict, max_batch_size=8, max_batch_delay_ms=0, max_queue_images=8)
+        )
+        return batchers[-1]
+
+    repository = ModelRepository(
+        model_dir, policy=VersionPolicy.parse("latest:1"), load=load, make_batcher=make_batcher
+    )
+    await repository.start()
+    publish(model_dir, 2)
+    polling = asyncio.ensure_future(repository.poll())
+    assert await asyncio.to_thread(loading.wait, 60), "version 2 never started loading"
+    closing = asyncio.ensure_future(repository.close())
+    # Time for a close that ignored the poll to finish (nothing to wait on for what must not
+    # happen); a close that waits for the poll is still pending after it.
+    await asyncio.sleep(0.05)
+    assert not closing.done()
+    proceed.set()
+    await asyncio.gather(polling, closing)
+
+    assert repository.versions == []
+    assert len(batchers) == 2 and all(batcher.closed for batcher in batchers)
