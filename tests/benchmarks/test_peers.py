@@ -32,12 +32,33 @@ def test_answers_name_the_most_probable_label_and_every_probability() -> None:
     assert set(answers[1]["probabilities"]) == set(LABELS)
 
 
-def test_the_signature_is_called_in_chunks_of_at_most_256_images(tiny_model_dir) -> None:
+def test_the_signature_is_called_in_chunks_of_at_most_256_images(
+    tiny_model_dir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tensorflow as tf
+
+    calls: list[int] = []  # the batch size of every real signature call
+    load = tf.saved_model.load
+
+    class Spied:
+        def __init__(self, path: str) -> None:
+            self.loaded = load(path)  # kept: the signature holds only weak references
+            real = self.loaded.signatures["serving_default"]
+
+            def signature(images):
+                calls.append(int(images.shape[0]))
+                return real(images=images)
+
+            self.signatures = {"serving_default": signature}
+
+    monkeypatch.setattr(tf.saved_model, "load", Spied)
     predict, labels = common.load_model(tiny_model_dir, threads=1)
     images = np.random.default_rng(0).integers(0, 256, (300, 32, 32, 3), dtype=np.uint8)
+    calls.clear()  # the warm-up call at load
 
     together = predict(images)
 
+    assert calls == [256, 44]
     assert labels == tuple(LABELS)
     assert together.shape == (300, 10)
     np.testing.assert_allclose(together[256:], predict(images[256:]), atol=1e-6)

@@ -186,3 +186,35 @@ def test_ctrl_c_keeps_the_checkpoint_and_resume_continues(
 
     history = (version_dir / "report" / "history.csv").read_text().strip().splitlines()
     assert [row.split(",")[0] for row in history[1:]] == ["0", "1"]  # epoch 0 ran only once
+
+
+@pytest.mark.parametrize("tta", ["auto", "2"])
+def test_the_tta_choice_is_made_on_the_validation_split(tta: str) -> None:
+    """--tta N measures only level N on validation and keeps it; auto measures every level and
+    keeps the best (the cheapest on a tie); the temperature is fitted on the level kept."""
+    from tests.training.test_export import tiny_model
+    from training.export import view_logits
+    from training.train import choose_serving
+
+    model = tiny_model(softmax=False)
+    rng = np.random.default_rng(3)
+    x_val = rng.integers(0, 256, (60, 32, 32, 3)).astype(np.uint8)
+    y_val = rng.integers(0, 10, 60)
+
+    level, temperature, report = choose_serving(
+        model, x_val, y_val, {"tta": tta if tta == "auto" else int(tta), "calibrate": True}
+    )
+
+    measured = {
+        str(n): round(
+            float(
+                np.mean(view_logits(model, x_val.astype("float32"), n).numpy().argmax(1) == y_val)
+            ),
+            4,
+        )
+        for n in ((0, 1, 2) if tta == "auto" else (2,))
+    }
+    assert report["tta_val_accuracy"] == measured
+    best = max(measured.values())
+    assert level == min(int(n) for n, a in measured.items() if a == best)
+    assert report["tta_level"] == level and temperature > 0
