@@ -20,8 +20,10 @@ GOLDEN_FILE = "golden.npz"
 # Measured on golden.npz (64 test images), AMD EPYC Zen 4 (avx512_bf16, VNNI), OpenVINO 2026.4:
 # f32: at most 1.4e-6 (and 0 for TensorFlow against itself); 1e-4 still catches a wrong graph.
 # bf16: 0.018 on cifar10/2, 0.0046 on cifar10-seed/3 (8 significant bits); 0.05 is ~3x that.
-# int8: 0.11 on cifar10/2, 0.062 on cifar10-seed/3 (NNCF, 300 training images); 0.2 is ~2x that.
-TOLERANCE = {"f32": 1e-4, "bf16": 5e-2, "int8": 0.2}
+# int8 (NNCF, 300 training images): 0.117 on cifar10/2, 0.062 on cifar10-seed/3, 0.185 on
+# the uncalibrated cifar10/1, whose near-one probabilities move most; 0.3 leaves 1.6x that, for
+# CPUs whose int8 kernels round otherwise (AVX2 without VNNI), and a wrong model still fails.
+TOLERANCE = {"f32": 1e-4, "bf16": 5e-2, "int8": 0.3}
 
 
 @dataclass(frozen=True)
