@@ -88,20 +88,24 @@ _api_key_header = APIKeyHeader(
 )
 
 
-async def require_api_key(
-    settings: SettingsDep, key: Annotated[str | None, Security(_api_key_header)]
-) -> None:
-    """Optional shared-secret auth for deployments without a gateway in front."""
+def holds_api_key(settings: Settings, key: str | None) -> bool:
+    """Whether the request may use what API_KEY guards: always when no key is set."""
     if settings.api_key is None:
-        return
+        return True
     expected = settings.api_key.get_secret_value().encode()
-    if key is None or not secrets.compare_digest(key.encode(), expected):
+    return key is not None and secrets.compare_digest(key.encode(), expected)
+
+
+ApiKey = Annotated[str | None, Security(_api_key_header)]
+
+
+async def require_api_key(settings: SettingsDep, key: ApiKey) -> None:
+    """Optional shared-secret auth for deployments without a gateway in front."""
+    if not holds_api_key(settings, key):
         raise ApiError(401, "unauthorized", "missing or wrong X-API-Key header")
 
 
-async def require_admin_key(
-    settings: SettingsDep, key: Annotated[str | None, Security(_api_key_header)]
-) -> None:
+async def require_admin_key(settings: SettingsDep, key: ApiKey) -> None:
     """The repository API's key, apart from the inference key: a client that may classify may
     not unload the model for everyone."""
     if settings.admin_api_key is None:

@@ -211,7 +211,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(inference_protocol.health_router)
     app.include_router(repository_api.router, dependencies=[Depends(require_admin_key)])
     app.include_router(health.router)
-    app.include_router(metrics.router)
+    details = [Depends(require_api_key)] if settings.api_key and settings.protect_details else []
+    app.include_router(metrics.router, dependencies=details)
     app.mount("/static/swagger-ui", docs.static, name="swagger-ui")
     app.include_router(docs.router)
     app.mount("/static/web", web.static, name="web")

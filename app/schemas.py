@@ -100,13 +100,21 @@ class ExplainResponse(BaseModel):
 
 
 class HealthResponse(BaseModel):
+    """With PROTECT_DETAILS and API_KEY set, a request without the key gets `status` alone."""
+
     status: str = Field(examples=["ok"])
-    model: str = Field(examples=["cifar10"])
-    version: int = Field(examples=[2], description="The default version: the one /predict uses.")
-    versions: list[int] = Field(examples=[[2, 1]], description="Every loaded version.")
-    backend: str = Field(examples=["openvino"], description="The runtime computing the model.")
-    precision: str = Field(examples=["f32"], description="What the runtime computes in.")
-    labels: list[str]
+    model: str | None = Field(None, examples=["cifar10"])
+    version: int | None = Field(
+        None, examples=[2], description="The default version: the one /predict uses."
+    )
+    versions: list[int] | None = Field(None, examples=[[2, 1]], description="Every loaded version.")
+    backend: str | None = Field(
+        None, examples=["openvino"], description="The runtime computing the model."
+    )
+    precision: str | None = Field(
+        None, examples=["f32"], description="What the runtime computes in."
+    )
+    labels: list[str] | None = None
 
 
 class LiveResponse(BaseModel):

@@ -164,6 +164,12 @@ class Settings(BaseSettings):
         description="The inference key: when set, /predict, /explain, /model and the /v2 "
         "models API require it in the X-API-Key header (health, metrics and the page do not).",
     )
+    protect_details: bool = Field(
+        False,
+        description="With API_KEY set: /metrics needs the key too, and /health without it "
+        "answers only its status (probes keep working; model, versions, backend and labels "
+        "go to key holders).",
+    )
     admin_api_key: SecretStr | None = Field(
         None,
         description="The admin key: the /v2 repository API (load, unload) requires it in the "

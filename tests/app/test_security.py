@@ -141,3 +141,22 @@ def test_one_key_cannot_be_both(make_client) -> None:
 
     with pytest.raises(ValidationError, match="ADMIN_API_KEY must differ"):
         Settings(api_key="same", admin_api_key="same")
+
+
+def test_protect_details_puts_metrics_and_health_details_behind_the_key(make_client) -> None:
+    client = make_client(api_key="inference", protect_details=True)
+    key = {"X-API-Key": "inference"}
+
+    anonymous, keyed = client.get("/health"), client.get("/health", headers=key)
+
+    assert anonymous.status_code == 200 and anonymous.json() == {"status": "ok"}  # probes work
+    assert keyed.json()["model"] == "cifar10" and "labels" in keyed.json()
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers=key).status_code == 200
+
+
+def test_details_stay_open_unless_asked(make_client) -> None:
+    client = make_client(api_key="inference")
+
+    assert client.get("/health").json()["model"] == "cifar10"
+    assert client.get("/metrics").status_code == 200
