@@ -52,8 +52,10 @@ DEFAULT_FIT: Fit = "squash"
 
 # Pillow's bytes per pixel by mode, for the decoded size read from the header (4 for the rest).
 _BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "LA": 4, "PA": 4}
-# 40 megapixels (MAX_IMAGE_PIXELS's default) of RGB, as Pillow holds them: 4 bytes each.
-MAX_DECODED_BYTES = 160_000_000
+# Decoding takes about twice the decoded bytes at its peak (2.2x for WebP, measured), and a
+# process decodes up to one full-size image per CPU at once: 64 MiB is 16 megapixels of RGB or
+# RGBA (a 4K screenshot is 8), 32 of 16-bit grey. JPEGs, decoded at 1/2..1/8 scale, are exempt.
+MAX_DECODED_BYTES = 64 * 1024 * 1024
 # Modes shrunk to the model's size before conversion: each would be copied wider at full size.
 _SHRINK_FIRST = ("I;16", "I;16B", "I;16L", "I", "F", "RGBA", "LA", "RGBa", "La")
 # TIFF strips and tiles: a 32x32 image listing 1.5 million of them stalled a process 8-10 s in

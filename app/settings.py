@@ -113,7 +113,7 @@ class Settings(BaseSettings):
     decode_threads: int | None = Field(
         None,
         ge=1,
-        description="Threads that decode large images off the event loop, in every process "
+        description="Threads that open and decode every upload off the event loop, in each process "
         "(None: all the CPUs of the quota); full-size decodes (not JPEG, over 4 megapixels) "
         "run at most CPUs / WORKERS at once per process, which bounds their memory.",
     )

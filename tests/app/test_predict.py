@@ -98,21 +98,25 @@ def test_openapi_documents_predict_and_its_errors(client) -> None:
     assert bundle.status_code == 200 and len(bundle.content) > 100_000  # served locally
 
 
-def test_large_images_decode_in_the_pool_small_ones_inline(
+def test_every_image_is_opened_and_decoded_off_the_event_loop(
     client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Images over 256x256 pixels decode on the decode threads, off the event loop; a spy
-    records the thread and calls the real function."""
+    """Small or large, every upload is opened and decoded on the decode threads (a TIFF's
+    tags once stalled the event loop for seconds); spies record the thread and call the real
+    functions."""
     from app import serving as route  # the decode step /predict and /explain share
 
     threads: list[str] = []
-    real = route.to_model_input
 
-    def spy(image, **options):
-        threads.append(threading.current_thread().name)
-        return real(image, **options)
+    def spied(real):
+        def spy(*args, **options):
+            threads.append(threading.current_thread().name)
+            return real(*args, **options)
 
-    monkeypatch.setattr(route, "to_model_input", spy)
+        return spy
+
+    monkeypatch.setattr(route, "open_image", spied(route.open_image))
+    monkeypatch.setattr(route, "to_model_input", spied(route.to_model_input))
     files = [
         ("files", ("small.png", image_bytes(size=(32, 32)))),
         ("files", ("large.png", image_bytes(size=(300, 300)))),
@@ -122,4 +126,4 @@ def test_large_images_decode_in_the_pool_small_ones_inline(
 
     assert response.status_code == 200
     assert [p["filename"] for p in response.json()["predictions"]] == ["small.png", "large.png"]
-    assert not threads[0].startswith("decode") and threads[1].startswith("decode")
+    assert len(threads) == 4 and all(name.startswith("decode") for name in threads), threads
