@@ -10,6 +10,7 @@ from typing import Annotated
 
 from fastapi import Depends, Query, Request, Security
 from fastapi.security import APIKeyHeader
+from pydantic import SecretStr
 
 from app.batcher import Batcher
 from app.errors import ApiError
@@ -88,12 +89,16 @@ _api_key_header = APIKeyHeader(
 )
 
 
+def _matches(key: str | None, secret: SecretStr | None) -> bool:
+    """The header holds this configured key (compared in constant time)."""
+    if key is None or secret is None:
+        return False
+    return secrets.compare_digest(key.encode(), secret.get_secret_value().encode())
+
+
 def holds_api_key(settings: Settings, key: str | None) -> bool:
     """Whether the request may use what API_KEY guards: always when no key is set."""
-    if settings.api_key is None:
-        return True
-    expected = settings.api_key.get_secret_value().encode()
-    return key is not None and secrets.compare_digest(key.encode(), expected)
+    return settings.api_key is None or _matches(key, settings.api_key)
 
 
 ApiKey = Annotated[str | None, Security(_api_key_header)]
@@ -112,12 +117,9 @@ async def require_admin_key(settings: SettingsDep, key: ApiKey) -> None:
         raise ApiError(403, "forbidden", "set ADMIN_API_KEY to use the repository API")
     if key is None:
         raise ApiError(401, "unauthorized", "missing X-API-Key header")
-    if secrets.compare_digest(key.encode(), settings.admin_api_key.get_secret_value().encode()):
+    if _matches(key, settings.admin_api_key):
         return
-    inference = settings.api_key
-    if inference is not None and secrets.compare_digest(
-        key.encode(), inference.get_secret_value().encode()
-    ):
+    if _matches(key, settings.api_key):
         raise ApiError(403, "forbidden", "the inference key does not open the repository API")
     raise ApiError(401, "unauthorized", "wrong X-API-Key header")
 

@@ -5,6 +5,7 @@ Neither TensorFlow nor OpenVINO is imported here: the backend chosen at load imp
 so the slim image serves without TensorFlow. No Keras or training code is needed either.
 """
 
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -127,10 +128,12 @@ def load_classifier(
         raise ValueError(f"precision must be one of auto, f32, bf16, int8; got {precision!r}")
     chosen = precision_plan(precision, name, native_precisions(name), version_dir, metadata)
     notes = list(chosen.notes)
+    # Read once, at the shape the first runtime's signature gives, whatever the candidates.
+    golden_at = functools.cache(lambda h, w: read_golden(version_dir, h, w, len(labels)))
     for candidate in chosen.candidates:
         runtime = load_backend(version_dir, name, candidate, threads)
         height, width = check_signature(version_dir, runtime.signature, len(labels))
-        golden = read_golden(version_dir, height, width, len(labels))
+        golden = golden_at(height, width)
         result = (
             None if golden is None else golden.compare(runtime.predict(golden.images), candidate)
         )

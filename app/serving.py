@@ -142,7 +142,7 @@ async def decode_all(
     """Decode every upload in the pool; the first bad file fails the request."""
     if not files:
         raise ApiError(400, "invalid_request", "no images: a batch must hold at least one")
-    decodes = [_decode_one(upload, classifier, max_pixels, pool) for upload in files]
+    decodes = [pool.decode(upload.data, max_pixels, classifier.height) for upload in files]
     if len(decodes) == 1:  # the common case: no task to create
         results: list[np.ndarray | BaseException] = []
         try:
@@ -158,12 +158,6 @@ async def decode_all(
         if isinstance(result, BaseException):
             raise result
     return np.stack(results)  # type: ignore[arg-type]
-
-
-async def _decode_one(
-    upload: Upload, classifier: Classifier, max_pixels: int, pool: DecodePool
-) -> np.ndarray:
-    return await pool.decode(upload.data, max_pixels, classifier.height)
 
 
 def _open_and_decode_small(data: bytes, max_pixels: int, size: int) -> np.ndarray | Image.Image:

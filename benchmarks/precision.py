@@ -14,15 +14,14 @@ import csv
 import datetime as dt
 from pathlib import Path
 
-import numpy as np
-
-from app.backends import native_precisions
-from app.contract import INT8_MODEL, is_version_name
+from app.contract import is_version_name
 from app.cpu import available_cpus
 from app.model import load_classifier
 from benchmarks.run import RESULTS, ROOT, bare_rate, cpu_model, shown
 from training.calibration import summary
 from training.data import load_dataset
+from training.hardware import cpu_flags
+from training.quantize import predict_in_batches, servable_precisions
 
 BATCHES = (1, 32, 256)
 # The flags that decide what a precision costs: bf16 and int8 units, and the vector width.
@@ -39,14 +38,6 @@ def committed_versions() -> list[Path]:
     )
 
 
-def cpu_flags() -> list[str]:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            present = set(line.split(":", 1)[1].split())
-            return [flag for flag in FLAGS if flag in present]
-    return []
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="timing per batch size")
@@ -56,18 +47,10 @@ def main() -> None:
     cpus = available_cpus()
     rows = []
     for version_dir in committed_versions():
-        for precision in native_precisions("openvino"):
-            if precision == "int8" and not (version_dir / INT8_MODEL).is_file():
-                continue
+        for precision in servable_precisions(version_dir):
             classifier = load_classifier(version_dir, "openvino", precision, threads=cpus)
             rates = {b: bare_rate(classifier, b, args.seconds) for b in BATCHES}
-            probabilities = np.concatenate(
-                [
-                    classifier.predict(test.x_test[i : i + 256])
-                    for i in range(0, len(test.x_test), 256)
-                ]
-            )
-            scored = summary(probabilities, test.y_test)
+            scored = summary(predict_in_batches(classifier.predict, test.x_test), test.y_test)
             rows.append(
                 {
                     "model": f"{version_dir.parent.name}/{version_dir.name}",
@@ -88,10 +71,11 @@ def write(rows: list[dict], cpus: int) -> None:
         writer.writeheader()
         writer.writerows(rows)
     baseline = {r["model"]: r for r in rows if r["precision"] == "f32"}
+    flags = [flag for flag in FLAGS if flag in cpu_flags()]
     lines = [
         "# Precision: bare OpenVINO img/s and test accuracy per committed model",
         "",
-        f"{cpu_model()}, {cpus} CPUs, flags: {', '.join(cpu_flags()) or 'none of ' + str(FLAGS)}; "
+        f"{cpu_model()}, {cpus} CPUs, flags: {', '.join(flags) or 'none of ' + str(FLAGS)}; "
         f"`python -m benchmarks.precision`, {dt.date.today().isoformat()}. Each cell is the model "
         "loaded as the app loads it with that `INFERENCE_PRECISION` (one stream, every CPU), "
         "timed back to back; accuracy and ECE on the 10,000 CIFAR-10 test images through the "

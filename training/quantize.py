@@ -15,12 +15,13 @@ import argparse
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from app.backends import Precision
 from app.contract import INT8_MODEL
 
 CALIBRATION_SIZE = 300  # training images NNCF sees; its own default subset size
@@ -55,32 +56,46 @@ def quantize(version_dir: Path, images: np.ndarray) -> Path:
     return version_dir / INT8_MODEL
 
 
+def servable_precisions(version_dir: Path) -> list[Precision]:
+    """The precisions the openvino backend can serve this version in on this CPU: the native
+    ones, int8 only where the version has its INT8 model."""
+    from app.backends import native_precisions
+
+    return [
+        precision
+        for precision in native_precisions("openvino")
+        if precision != "int8" or (version_dir / INT8_MODEL).is_file()
+    ]
+
+
+def predict_in_batches(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray):
+    """`predict` over `images` in batches of MEASURE_BATCH, as one array."""
+    return np.concatenate(
+        [predict(images[i : i + MEASURE_BATCH]) for i in range(0, len(images), MEASURE_BATCH)]
+    )
+
+
 def measure(version_dir: Path, x_test: np.ndarray, y_test: np.ndarray) -> dict[str, Any]:
     """Per precision the CPU computes natively: test accuracy and ECE through the app's openvino
     backend, and how far from golden.npz it lands against the tolerance the app allows."""
     import openvino as ov
 
-    from app.backends import load_backend, native_precisions
-    from app.golden import TOLERANCE, compare
+    from app.backends import load_backend
+    from app.golden import GOLDEN_FILE, TOLERANCE, compare
     from training import calibration, hardware
 
-    golden_path = version_dir / "golden.npz"
-    golden = np.load(golden_path) if golden_path.is_file() else None
+    golden = None
+    if (version_dir / GOLDEN_FILE).is_file():
+        with np.load(version_dir / GOLDEN_FILE) as data:
+            golden = {key: data[key] for key in ("images", "probabilities")}
     record: dict[str, Any] = {
         "measured_on": hardware.describe(),
         "runtime": f"openvino {ov.__version__.split('-')[0]}",
         "test_images": len(x_test),
     }
-    for precision in native_precisions("openvino"):
-        if precision == "int8" and not (version_dir / INT8_MODEL).is_file():
-            continue
+    for precision in servable_precisions(version_dir):
         backend = load_backend(version_dir, "openvino", precision)
-        probabilities = np.concatenate(
-            [
-                backend.predict(x_test[i : i + MEASURE_BATCH])
-                for i in range(0, len(x_test), MEASURE_BATCH)
-            ]
-        )
+        probabilities = predict_in_batches(backend.predict, x_test)
         summary = calibration.summary(probabilities, y_test)
         record[precision] = {
             "test_accuracy": summary["accuracy"],
@@ -126,7 +141,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     from training.data import load_dataset, split_validation
-    from training.export import GOLDEN_SIZE, read_metadata, write_golden, write_metadata
+    from training.export import (
+        GOLDEN_FILE,
+        GOLDEN_SIZE,
+        read_metadata,
+        write_golden,
+        write_metadata,
+    )
 
     dataset = load_dataset(args.data)
     for version_dir in args.version_dirs:
@@ -134,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The images the version trained on: its validation split stays out of calibration too.
         val_size = int(metadata.get("dataset", {}).get("val_size", 0))
         x_train = split_validation(dataset.x_train, dataset.y_train, val_size).x_train
-        if not (version_dir / "golden.npz").is_file():
+        if not (version_dir / GOLDEN_FILE).is_file():
             write_golden(version_dir, dataset.x_test[:GOLDEN_SIZE])
         metadata |= quantize_and_measure(
             version_dir,
