@@ -53,12 +53,22 @@ def make_config(settings: Settings) -> uvicorn.Config:
 
 def main() -> None:
     settings = get_settings()
-    inherited = os.environ.pop(LISTEN_FD, None)
-    if inherited is None and settings.processes > 1:
-        configure_logging(settings.log_level)
-        sys.exit(supervise(settings.processes, make_config(settings).bind_socket()))
-    server = Server(make_config(settings))
-    server.run(None if inherited is None else [socket.socket(fileno=int(inherited))])
+    configure_logging(settings.log_level)
+    config = make_config(settings)
+    worker_fd = os.environ.pop(LISTEN_FD, None)  # set when app.supervisor started this process
+    if worker_fd is not None:
+        sockets = [socket.socket(fileno=int(worker_fd))]
+    else:
+        listener = (
+            config.bind_socket()
+            if settings.listen_fd is None
+            else socket.socket(fileno=settings.listen_fd)
+        )
+        if settings.processes > 1:
+            sys.exit(supervise(settings.processes, listener))
+        sockets = [listener]
+    server = Server(config)
+    server.run(sockets)
     if not server.started:
         sys.exit(STARTUP_FAILURE)
 

@@ -128,6 +128,13 @@ class Settings(BaseSettings):
     )
     host: str = Field("0.0.0.0", description="Address uvicorn binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port uvicorn binds.")
+    listen_fd: int | None = Field(
+        None,
+        ge=0,
+        description="An inherited socket, already bound, to serve instead of binding HOST:PORT "
+        "(socket activation: a process manager or a test harness binds port 0 and reads the "
+        "port back, so no other process can take it in between).",
+    )
     graceful_shutdown_s: float = Field(
         20.0, ge=0, description="After SIGTERM, how long in-flight requests may take."
     )

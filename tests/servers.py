@@ -14,25 +14,42 @@ from tests.conftest import REPO
 
 
 def free_port() -> int:
+    """A port for a server we cannot hand a socket to (nginx, TensorFlow's cluster); it may race."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def start_server(model_dir: Path, port: int, **settings: str) -> subprocess.Popen:
-    """Start the service; `settings` are extra environment variables (upper-case names).
-    One process unless `WORKERS` says otherwise: per-process limits and model repositories are
-    what most of these tests look at."""
-    env = os.environ | {
-        "MODEL_DIR": str(model_dir),
-        "PORT": str(port),
-        "HOST": "127.0.0.1",
-        "LOG_LEVEL": "warning",
-        "TF_CPP_MIN_LOG_LEVEL": "3",
-        "WORKERS": "1",
-        **settings,
-    }
-    return subprocess.Popen([sys.executable, "-m", "app"], cwd=REPO, env=env)
+@contextlib.contextmanager
+def bound_socket() -> Iterator[socket.socket]:
+    """A socket bound to a port the kernel picks, for a server to inherit: pass its fileno as
+    `LISTEN_FD` and in `pass_fds`; the port is `sock.getsockname()[1]`."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock
+
+
+def start_server(model_dir: Path, **settings: str) -> tuple[subprocess.Popen, int]:
+    """Start the service on a socket bound here to port 0; the process and its port.
+
+    The server inherits the bound socket (LISTEN_FD), so no other process can take the port
+    between our choosing it and the server listening. `settings` are extra environment
+    variables (upper-case names). One process unless `WORKERS` says otherwise: per-process
+    limits and model repositories are what most of these tests look at.
+    """
+    with bound_socket() as sock:
+        env = os.environ | {
+            "MODEL_DIR": str(model_dir),
+            "LISTEN_FD": str(sock.fileno()),
+            "LOG_LEVEL": "warning",
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+            "WORKERS": "1",
+            **settings,
+        }
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app"], cwd=REPO, env=env, pass_fds=(sock.fileno(),)
+        )
+        return process, sock.getsockname()[1]
 
 
 def wait_until_healthy(port: int, process: subprocess.Popen, seconds: float = 120) -> None:
@@ -50,9 +67,8 @@ def wait_until_healthy(port: int, process: subprocess.Popen, seconds: float = 12
 
 @contextlib.contextmanager
 def serving(model_dir: Path, **settings: str) -> Iterator[int]:
-    """A healthy `python -m app` on a free port for the block; terminated after it."""
-    port = free_port()
-    server = start_server(model_dir, port, **settings)
+    """A healthy `python -m app` for the block, its port; terminated after it."""
+    server, port = start_server(model_dir, **settings)
     try:
         wait_until_healthy(port, server)
         yield port

@@ -7,7 +7,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from tests.servers import free_port, start_server, wait_until_healthy
+from tests.servers import start_server, wait_until_healthy
 
 # Every check but positive_data_acceptance: bytes that fit the schema (any binary) are still
 # not an image, and the API is right to answer 415 for them.
@@ -15,8 +15,7 @@ CHECKS = ["-c", "all", "--exclude-checks", "positive_data_acceptance"]
 
 
 def test_schemathesis_finds_no_failure(tiny_model_dir: Path) -> None:
-    port = free_port()
-    server = start_server(tiny_model_dir, port)
+    server, port = start_server(tiny_model_dir)
     st = shutil.which("st", path=str(Path(sys.executable).parent)) or "st"
     try:
         wait_until_healthy(port, server)

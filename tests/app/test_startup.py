@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from app.model import ModelLoadError, describe_device, load_classifier, resolve_version_dir
 from tests.conftest import REPO, break_version, export_tiny_model, precision
-from tests.servers import free_port
+from tests.servers import bound_socket
 
 
 def corrupt_copy(tiny_model_dir: Path, tmp_path: Path) -> Path:
@@ -113,22 +113,22 @@ def test_server_exits_non_zero_naming_path_and_reason(
     case: str, runner: str, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     model_dir = tmp_path / "absent" if case == "missing" else corrupt_copy(tiny_model_dir, tmp_path)
-    port = str(free_port())
-    env = os.environ | {"MODEL_DIR": str(model_dir), "TF_CPP_MIN_LOG_LEVEL": "3", "PORT": port}
-    command = (
-        [sys.executable, "-m", "app"]
-        if runner == "python -m app"
-        else [sys.executable, "-m", "uvicorn", "app.main:app", "--port", port]
-    )
-
-    result = subprocess.run(
-        command,
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    env = os.environ | {"MODEL_DIR": str(model_dir), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    with bound_socket() as sock:
+        command = (
+            [sys.executable, "-m", "app"]
+            if runner == "python -m app"
+            else [sys.executable, "-m", "uvicorn", "app.main:app", "--port", "0"]
+        )
+        result = subprocess.run(
+            command,
+            cwd=REPO,
+            env=env | {"LISTEN_FD": str(sock.fileno())},
+            pass_fds=(sock.fileno(),),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     assert result.returncode != 0
     broken = "INT8 model" if precision() == "int8" else "SavedModel"

@@ -60,17 +60,17 @@ def start_nginx(tmp_path: Path, listen: int, upstreams: list[int]) -> subprocess
 
 
 def test_sigterm_and_kill_of_one_instance_loses_no_request(tiny_model_dir, tmp_path) -> None:
-    ports = [free_port(), free_port()]
-    instances = [
+    started = [
         start_server(
             tiny_model_dir,
-            port,
             DRAIN_DELAY_S=str(DRAIN_DELAY_S),
             GRACEFUL_SHUTDOWN_S="10",
             WORKERS="2",  # each instance a parent of two serving processes
         )
-        for port in ports
+        for _ in range(2)
     ]
+    instances = [process for process, _ in started]
+    ports = [port for _, port in started]
     lb_port = free_port()
     nginx = start_nginx(tmp_path, lb_port, ports)
     statuses: list[int] = []

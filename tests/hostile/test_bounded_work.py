@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.servers import free_port, start_server, wait_until_healthy
+from tests.servers import start_server, wait_until_healthy
 
 MAX_GROWTH_MB = 200
 MAX_HEALTH_S = 1.0
@@ -70,8 +70,7 @@ class Watch:
 @pytest.fixture(scope="module")
 def server(tiny_model_dir: Path) -> Iterator[tuple[int, int]]:
     """One `python -m app` for every case: its port and pid."""
-    port = free_port()
-    process = start_server(tiny_model_dir, port)
+    process, port = start_server(tiny_model_dir)
     try:
         wait_until_healthy(port, process)
         yield port, process.pid

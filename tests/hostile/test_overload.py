@@ -11,7 +11,7 @@ import keras
 import pytest
 
 from tests.conftest import LABELS, add_int8, image_bytes
-from tests.servers import free_port, start_server, wait_until_healthy
+from tests.servers import start_server, wait_until_healthy
 
 OVERLOAD_FACTOR = 4
 OVERLOAD_SECONDS = 30
@@ -59,10 +59,8 @@ async def closed_loop_rps(client: httpx.AsyncClient, files: list, seconds: float
 @pytest.mark.anyio
 async def test_four_times_capacity_is_shed_cleanly(tmp_path: Path) -> None:
     model_dir = export_heavy_model(tmp_path / "heavy" / "1")
-    port = free_port()
-    server = start_server(
+    server, port = start_server(
         model_dir,
-        port,
         MAX_IMAGES_PER_REQUEST="16",
         MAX_BATCH_SIZE="64",
         MAX_QUEUE_IMAGES="64",

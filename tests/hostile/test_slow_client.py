@@ -5,12 +5,11 @@ import select
 import socket
 import time
 
-from tests.servers import free_port, start_server, wait_until_healthy
+from tests.servers import start_server, wait_until_healthy
 
 
 def test_slow_upload_gets_408(tiny_model_dir) -> None:
-    port = free_port()
-    server = start_server(tiny_model_dir, port, UPLOAD_TIMEOUT_S="1")
+    server, port = start_server(tiny_model_dir, UPLOAD_TIMEOUT_S="1")
     try:
         wait_until_healthy(port, server)
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
