@@ -3,7 +3,7 @@ decode costs, run only `full_size` at once; JPEGs, decoded at a reduced scale, a
 
 import asyncio
 import threading
-import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -18,26 +18,48 @@ MAX_PIXELS = 40_000_000
 BIG = (2500, 2000)  # 5 megapixels, above FULL_SIZE_DECODE_PIXELS
 
 
+JOIN_WAIT_S = 2.0  # how long a lone decode waits for another to join it
+
+
+class Decodes:
+    """Counts the real decodes running at once. The first decode after `reset` waits (an event,
+    up to JOIN_WAIT_S) for a second one to join it: where two may run at once they meet at once;
+    where only one may, the first goes on alone after the wait. No sleep decides an outcome."""
+
+    def __init__(self) -> None:
+        self.now = self.most = 0
+        self._lock = threading.Lock()
+        self._joined = threading.Event()
+        self._led = False
+
+    def reset(self) -> None:
+        self.most, self._led = 0, False
+        self._joined.clear()
+
+    def around(self, decode: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+        def counted(*args, **kwargs) -> np.ndarray:
+            with self._lock:
+                self.now += 1
+                self.most = max(self.most, self.now)
+                if self.now > 1:
+                    self._joined.set()
+                lead, self._led = not self._led, True
+            try:
+                if lead:
+                    self._joined.wait(JOIN_WAIT_S)
+                return decode(*args, **kwargs)
+            finally:
+                with self._lock:
+                    self.now -= 1
+
+        return counted
+
+
 @pytest.fixture
-def in_flight(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """Counts the real decodes running at once (the most seen), each held a little."""
-    seen = {"now": 0, "most": 0}
-    lock = threading.Lock()
-    real = serving.to_model_input
-
-    def counted(*args, **kwargs) -> np.ndarray:
-        with lock:
-            seen["now"] += 1
-            seen["most"] = max(seen["most"], seen["now"])
-        try:
-            time.sleep(0.05)  # time for another thread to start, if it may
-            return real(*args, **kwargs)
-        finally:
-            with lock:
-                seen["now"] -= 1
-
-    monkeypatch.setattr(serving, "to_model_input", counted)
-    return seen
+def in_flight(monkeypatch: pytest.MonkeyPatch) -> Decodes:
+    decodes = Decodes()
+    monkeypatch.setattr(serving, "to_model_input", decodes.around(serving.to_model_input))
+    return decodes
 
 
 async def decode_four(pool: DecodePool, data: bytes) -> list[np.ndarray]:
@@ -53,7 +75,7 @@ async def test_full_size_decodes_wait_for_each_other_whatever_the_threads(in_fli
     finally:
         pool.shutdown()
 
-    assert in_flight["most"] == 1
+    assert in_flight.most == 1
     expected = decode_image(png, max_pixels=MAX_PIXELS)
     assert all(np.array_equal(array, expected) for array in arrays)
 
@@ -62,14 +84,14 @@ async def test_jpegs_and_smaller_images_use_every_thread(in_flight) -> None:
     pool = DecodePool(threads=4, full_size=1)
     try:
         await decode_four(pool, image_bytes("JPEG", size=BIG))
-        jpeg_most = in_flight["most"]
-        in_flight["most"] = 0
+        jpeg_most = in_flight.most
+        in_flight.reset()
         await decode_four(pool, image_bytes("PNG", size=(1000, 1000)))
     finally:
         pool.shutdown()
 
     assert jpeg_most > 1
-    assert in_flight["most"] > 1
+    assert in_flight.most > 1
 
 
 async def test_a_cancelled_full_size_decode_holds_its_place_until_its_thread_is_done(
@@ -80,11 +102,11 @@ async def test_a_cancelled_full_size_decode_holds_its_place_until_its_thread_is_
     pool = DecodePool(threads=4, full_size=1)
     try:
         first = asyncio.ensure_future(pool.decode(png, MAX_PIXELS, 32))
-        await until(lambda: in_flight["now"] == 1, "the first decode never started")
+        await until(lambda: in_flight.now == 1, "the first decode never started")
         first.cancel()
         await pool.decode(png, MAX_PIXELS, 32)
     finally:
         pool.shutdown()
 
     assert first.cancelled()
-    assert in_flight["most"] == 1
+    assert in_flight.most == 1

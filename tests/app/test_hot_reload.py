@@ -180,9 +180,10 @@ async def test_the_policy_decides_which_versions_serve(tmp_path: Path) -> None:
     model_dir = tmp_path / "cifar10"
     for version in (1, 2, 3):
         export_tiny_model(model_dir / str(version), version=version)
-    # Not versions, though str.isdigit() says so: superscript 2, Arabic-Indic 11.
-    for other in ("\u00b2", "\u0661\u0661"):
-        (model_dir / other).mkdir()
+    # Servable models in folders that are not versions, though str.isdigit() says so:
+    # Arabic-Indic 11 (int() reads 11, the highest) and superscript 2 (int() raises).
+    export_tiny_model(model_dir / "\u0661\u0661", version=11)
+    export_tiny_model(model_dir / "\u00b2", version=2)
 
     async with running(model_dir, model_version_policy="specific:1,3") as (repository, client):
         assert repository.versions == [3, 1]
@@ -194,8 +195,9 @@ async def test_the_policy_decides_which_versions_serve(tmp_path: Path) -> None:
             assert model["version"] == version and model["loaded_versions"] == [3, 1]
         assert (await client.get("/model?version=2")).status_code == 404
 
-    async with running(model_dir, model_version_policy="all") as (repository, _):
+    async with running(model_dir, model_version_policy="all") as (repository, client):
         assert repository.versions == [3, 2, 1]
+        assert 'event="refused"' not in (await client.get("/metrics")).text
 
 
 async def test_a_broken_highest_version_leaves_the_next_one_serving(tmp_path: Path) -> None:
