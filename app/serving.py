@@ -7,9 +7,10 @@ same way whichever route it was sent to.
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Sequence
+from asyncio import FIRST_COMPLETED
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import Query, Request
@@ -169,7 +170,50 @@ def _open_and_decode_small(data: bytes, max_pixels: int, size: int) -> np.ndarra
     return image
 
 
-def submit(batcher: Batcher, images: np.ndarray) -> asyncio.Future[np.ndarray]:
+async def classify(
+    request: Request,
+    batcher: Batcher,
+    images: Coroutine[Any, Any, np.ndarray],
+    deadline: float,
+    limit_s: float,
+    model_input: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decode, queue and await the model: the request's images and the model's answer.
+
+    All of it races the deadline (the event loop's clock; 504 naming `limit_s`) and the client
+    going away (499). What has not started by then is dropped: decodes still waiting for a
+    thread or for a full-size place, and a batch not yet computed. A decode already running
+    finishes in its thread (threads cannot be stopped); the image limits bound it.
+    """
+    work = asyncio.ensure_future(_decode_and_infer(batcher, images, model_input))
+    gone = asyncio.ensure_future(_client_disconnected(request))
+    timeout = max(deadline - asyncio.get_running_loop().time(), 0)
+    try:
+        done, _ = await asyncio.wait({work, gone}, timeout=timeout, return_when=FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not work.done():
+            work.cancel()  # drops the decodes and the batch not started, before we answer
+            await asyncio.wait({work})
+    if work in done:
+        return work.result()
+    if gone in done:
+        raise ApiError(499, "client_closed_request", "the client closed the connection")
+    raise ApiError(504, "timeout", f"no answer within REQUEST_TIMEOUT_S ({limit_s:g} s)")
+
+
+async def _decode_and_infer(
+    batcher: Batcher,
+    images: Coroutine[Any, Any, np.ndarray],
+    model_input: Callable[[np.ndarray], np.ndarray] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    with batcher.incoming():  # the batcher may wait a little for these images
+        decoded = await images
+        future = _submit(batcher, decoded if model_input is None else model_input(decoded))
+    return decoded, await future  # cancelling this task cancels the batch if not started
+
+
+def _submit(batcher: Batcher, images: np.ndarray) -> asyncio.Future[np.ndarray]:
     """Queue the images as one request; a full queue or a draining batcher is a 503."""
     try:
         return batcher.submit(images)
@@ -184,25 +228,6 @@ def submit(batcher: Batcher, images: np.ndarray) -> asyncio.Future[np.ndarray]:
         raise ApiError(
             503, "shutting_down", "the service is shutting down", headers={"Retry-After": "1"}
         ) from None
-
-
-async def wait_for_result(
-    request: Request, future: asyncio.Future[np.ndarray], timeout_s: float, limit_s: float
-) -> np.ndarray:
-    """Await the batcher, giving up on timeout (504) or when the client goes away."""
-    gone = asyncio.ensure_future(_client_disconnected(request))
-    try:
-        done, _ = await asyncio.wait(
-            {future, gone}, timeout=max(timeout_s, 0), return_when=asyncio.FIRST_COMPLETED
-        )
-    finally:
-        gone.cancel()
-    if future in done:
-        return future.result()
-    future.cancel()  # a request whose batch has not started is dropped before inference
-    if gone in done:
-        raise ApiError(499, "client_closed_request", "the client closed the connection")
-    raise ApiError(504, "timeout", f"no answer within REQUEST_TIMEOUT_S ({limit_s:g} s)")
 
 
 async def _client_disconnected(request: Request) -> None:

@@ -80,7 +80,10 @@ class Settings(BaseSettings):
         2048, ge=1, description="Images waiting for the model before requests get 503."
     )
     request_timeout_s: float = Field(
-        30.0, gt=0, description="From upload received to answer; past it, 504."
+        30.0,
+        gt=0,
+        description="From upload received to answer, decoding included; past it, 504, and "
+        "the images not yet decoded and a batch not yet computed are dropped.",
     )
     inference_workers: int | None = Field(
         None,

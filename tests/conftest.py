@@ -8,7 +8,9 @@ Every other setting's environment variable is cleared at start: the shell's do n
 
 import asyncio
 import io
+import json
 import os
+import struct
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -156,6 +158,29 @@ def image_bytes(
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **save)
     return buffer.getvalue()
+
+
+def binary_infer_body(shape: list[int], datatype: str, raw: bytes) -> tuple[bytes, dict[str, str]]:
+    """A /v2 infer body with the binary tensor data extension (the JSON header, then `raw`)
+    and the header that says where the JSON ends."""
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "images",
+                    "shape": shape,
+                    "datatype": datatype,
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ]
+        }
+    ).encode()
+    return header + raw, {"Inference-Header-Content-Length": str(len(header))}
+
+
+def bytes_elements(items: list[bytes]) -> bytes:
+    """BYTES tensor data: each element as its 4-byte little-endian length, then its bytes."""
+    return b"".join(struct.pack("<I", len(item)) + item for item in items)
 
 
 async def until(condition: Callable[[], bool], failure: str, seconds: float = 30) -> None:

@@ -95,14 +95,13 @@ async def explain(
             file=names[most],
         )
     async with slots.hold():
-        with batcher.incoming():
-            images = await serving.decode_all(
-                files, names, classifier, settings.max_image_pixels, decode_pool
-            )
-            future = serving.submit(batcher, occlusion.occluded_batch(images, grid))
-        remaining = deadline - asyncio.get_running_loop().time()
-        probabilities = await serving.wait_for_result(
-            request, future, remaining, settings.request_timeout_s
+        images, probabilities = await serving.classify(
+            request,
+            batcher,
+            serving.decode_all(files, names, classifier, settings.max_image_pixels, decode_pool),
+            deadline,
+            settings.request_timeout_s,
+            model_input=lambda images: occlusion.occluded_batch(images, grid),
         )
     per_image = probabilities.reshape(len(images), grid.inputs_per_image, -1)
     maps = [occlusion.sensitivity(rows, int(np.argmax(rows[0])), grid) for rows in per_image]

@@ -185,13 +185,14 @@ async def infer(
     with _hold(repository, name, version) as served:
         classifier, batcher = served.classifier, served.batcher
         outputs = _requested_outputs(parsed, len(classifier.labels))
-        with batcher.incoming():
-            images = await _input_images(parsed, chunks, classifier, settings, decode_pool)
-            request.state.images = len(images)
-            future = serving.submit(batcher, images)
-        probabilities = await serving.wait_for_result(
-            request, future, deadline - _now(), settings.request_timeout_s
+        images, probabilities = await serving.classify(
+            request,
+            batcher,
+            _input_images(parsed, chunks, classifier, settings, decode_pool),
+            deadline,
+            settings.request_timeout_s,
         )
+        request.state.images = len(images)
         response = InferenceResponse(
             model_name=classifier.name,
             model_version=str(classifier.version),

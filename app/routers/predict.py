@@ -66,14 +66,9 @@ async def predict(
     request.state.images = len(files)
     k = serving.resolve_top_k(top_k, len(classifier.labels), settings.default_top_k)
     names = serving.filenames(files)
-    with batcher.incoming():
-        images = await serving.decode_all(
-            files, names, classifier, settings.max_image_pixels, decode_pool
-        )
-        future = serving.submit(batcher, images)
-    remaining = deadline - asyncio.get_running_loop().time()
-    probabilities = await serving.wait_for_result(
-        request, future, remaining, settings.request_timeout_s
+    decoding = serving.decode_all(files, names, classifier, settings.max_image_pixels, decode_pool)
+    _, probabilities = await serving.classify(
+        request, batcher, decoding, deadline, settings.request_timeout_s
     )
     return PredictResponse(
         model=classifier.name,

@@ -3,7 +3,7 @@
 import asyncio
 import json
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import httpx
@@ -12,12 +12,20 @@ import pytest
 import tensorflow as tf
 from fastapi import FastAPI
 
+from app import serving
 from app.batcher import Batcher
 from app.main import create_app
 from app.model import Classifier
 from app.preprocessing import decode_image
 from app.settings import Settings
-from tests.conftest import LABELS, assert_served_like, image_bytes, until
+from tests.conftest import (
+    LABELS,
+    assert_served_like,
+    binary_infer_body,
+    bytes_elements,
+    image_bytes,
+    until,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -224,33 +232,7 @@ async def test_a_client_gone_before_its_batch_is_dropped_and_logged_499(
         busy = asyncio.ensure_future(client.post("/predict", files=full_batch()))
         await asyncio.to_thread(gated.started.wait, 30)  # the worker is busy with 64 images
         request = client.build_request("POST", "/predict", files=upload(image_bytes(seed=5)))
-        messages = [
-            {"type": "http.request", "body": request.read(), "more_body": False},
-            {"type": "http.disconnect"},  # the client goes away while its request waits
-        ]
-        sent: list[dict] = []
-
-        async def receive() -> dict:
-            return messages.pop(0) if messages else await asyncio.Event().wait()
-
-        async def send(message: dict) -> None:
-            sent.append(message)
-
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": "/predict",
-            "raw_path": b"/predict",
-            "query_string": b"",
-            "root_path": "",
-            "headers": [(k.lower().encode(), v.encode()) for k, v in request.headers.items()],
-            "client": ("127.0.0.1", 1234),
-            "server": ("test", 80),
-        }
-        await app(scope, receive, send)
+        sent = await send_and_leave(app, request)
         gated.release.set()
         assert (await busy).status_code == 200
 
@@ -260,3 +242,120 @@ async def test_a_client_gone_before_its_batch_is_dropped_and_logged_499(
         json.loads(line) for line in capsys.readouterr().err.splitlines() if "app.access" in line
     ]
     assert any(entry["status"] == 499 and entry["path"] == "/predict" for entry in access)
+
+
+async def send_and_leave(
+    app: FastAPI, request: httpx.Request, leave: Callable[[], Awaitable[None]] | None = None
+) -> list[dict]:
+    """Call the app as an ASGI server does for a client that sends its whole request and then
+    disconnects (once `leave` returns) while waiting; the messages the app sent back."""
+    body = {"type": "http.request", "body": request.read(), "more_body": False}
+    received = 0
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        nonlocal received
+        received += 1
+        if received == 1:
+            return body
+        if received == 2:
+            if leave is not None:
+                await leave()
+            return {"type": "http.disconnect"}
+        return await asyncio.Event().wait()
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": request.method,
+        "scheme": "http",
+        "path": request.url.path,
+        "raw_path": request.url.raw_path,
+        "query_string": request.url.query,
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in request.headers.items()],
+        "client": ("127.0.0.1", 1234),
+        "server": ("test", 80),
+    }
+    await app(scope, receive, send)
+    return sent
+
+
+class GatedDecodes:
+    """Wraps the real decode in app.serving; holds each until released, counting those that
+    started."""
+
+    def __init__(self, decode) -> None:
+        self.decode = decode
+        self.release = threading.Event()
+        self.started = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, *args, **kwargs) -> np.ndarray:
+        with self._lock:
+            self.started += 1
+        assert self.release.wait(timeout=60), "the test never released the decodes"
+        return self.decode(*args, **kwargs)
+
+
+@pytest.fixture
+def gated_decodes(monkeypatch: pytest.MonkeyPatch) -> GatedDecodes:
+    gate = GatedDecodes(serving.to_model_input)
+    monkeypatch.setattr(serving, "to_model_input", gate)
+    return gate
+
+
+def three_images(client: httpx.AsyncClient, route: str) -> httpx.Request:
+    """One request for three PNGs on /predict, /explain or /v2 (a BYTES tensor)."""
+    images = [image_bytes(seed=i) for i in range(3)]
+    if route == "/v2":
+        body, headers = binary_infer_body([3], "BYTES", bytes_elements(images))
+        return client.build_request(
+            "POST", "/v2/models/cifar10/infer", content=body, headers=headers
+        )
+    return client.build_request(
+        "POST", route, files=[("files", (f"{i}.png", data)) for i, data in enumerate(images)]
+    )
+
+
+async def decodes_run_after(app: FastAPI, gate: GatedDecodes) -> int:
+    """Open the gate and decode one more image: the decode threads take their queue in order,
+    so every decode that was still queued has started by the time this one is done."""
+    gate.release.set()
+    await app.state.decode_pool.decode(image_bytes(), 10**6, 32)
+    return gate.started - 1
+
+
+@pytest.mark.parametrize("route", ["/predict", "/explain", "/v2"])
+async def test_the_timeout_holds_while_images_decode_and_drops_the_rest(
+    tiny_model_dir, gated_decodes, route: str
+) -> None:
+    """REQUEST_TIMEOUT_S covers decoding: the 504 comes while a decode is held, and the images
+    still waiting for a decode thread are never decoded."""
+    settings = Settings(model_dir=tiny_model_dir, decode_threads=1, request_timeout_s=0.5)
+    app = create_app(settings)
+    async with running(app) as client:
+        response = await client.send(three_images(client, route))
+        assert gated_decodes.started == 1  # one thread; the other two images wait for it
+        assert await decodes_run_after(app, gated_decodes) == 1
+
+    assert response.status_code == 504, response.text
+    assert "REQUEST_TIMEOUT_S" in response.text
+
+
+@pytest.mark.parametrize("route", ["/predict", "/explain", "/v2"])
+async def test_a_client_gone_while_images_decode_is_499_and_drops_the_rest(
+    tiny_model_dir, gated_decodes, route: str
+) -> None:
+    app = create_app(Settings(model_dir=tiny_model_dir, decode_threads=1))
+    async with running(app) as client:
+        decoding = until(lambda: gated_decodes.started == 1, "no decode started")
+        sent = await send_and_leave(app, three_images(client, route), leave=lambda: decoding)
+        assert gated_decodes.started == 1  # one thread; the other two images wait for it
+        assert await decodes_run_after(app, gated_decodes) == 1
+
+    assert sent[0]["status"] == 499

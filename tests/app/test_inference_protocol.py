@@ -13,7 +13,7 @@ import tritonclient.http as triton
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import LABELS
+from tests.conftest import LABELS, binary_infer_body, bytes_elements
 from tests.servers import serving
 
 MODEL = "cifar10"
@@ -214,22 +214,8 @@ def test_binary_sizes_must_add_up(client: Any) -> None:
 
 
 def infer_binary(client: Any, shape: list[int], datatype: str, raw: bytes) -> Any:
-    """/infer with the binary tensor data extension: the JSON header, then `raw`."""
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "images",
-                    "shape": shape,
-                    "datatype": datatype,
-                    "parameters": {"binary_data_size": len(raw)},
-                }
-            ]
-        }
-    ).encode()
-    return infer(
-        client, header + raw, headers={"Inference-Header-Content-Length": str(len(header))}
-    )
+    body, headers = binary_infer_body(shape, datatype, raw)
+    return infer(client, body, headers=headers)
 
 
 def test_truncated_bytes_elements_are_refused(client: Any) -> None:
@@ -240,7 +226,7 @@ def test_truncated_bytes_elements_are_refused(client: Any) -> None:
 
 def test_a_bytes_element_that_is_not_an_image_names_it(client: Any) -> None:
     items = [png(pixels(1)[0]), b"plain text, not an image"]
-    raw = b"".join(struct.pack("<I", len(item)) + item for item in items)
+    raw = bytes_elements(items)
 
     response = infer_binary(client, [2], "BYTES", raw)
 
