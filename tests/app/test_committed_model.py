@@ -119,12 +119,17 @@ def test_the_served_version_is_calibrated_as_its_metadata_says() -> None:
 
 
 def test_the_blog_network_is_committed_after_its_full_schedule(make_client) -> None:
-    """The blog's run (issue #15): 50 plain + 50 augmented epochs, and it serves like the default:
-    its golden set passes at load (else no version would answer) and real images get labels."""
+    """The blog's run (issue #15): 50 plain + 50 augmented epochs, and it serves like the default.
+
+    Ten images cannot tell 89 % from the 25-epoch run's 85 %, so the accuracy is the one the
+    export measured on the test set; the golden check at load (else no version would answer)
+    ties that record to these weights, which are the same export's."""
     version_dir = served_version(BLOG)
-    training = json.loads((version_dir / "metadata.json").read_text())["training"]
-    assert training["epochs"] == 100
-    assert [phase["epochs"] for phase in training["phases"]] == [50, 50]
+    metadata = json.loads((version_dir / "metadata.json").read_text())
+    assert metadata["training"]["epochs"] == 100
+    assert [phase["epochs"] for phase in metadata["training"]["phases"]] == [50, 50]
+    assert metadata["metrics"]["test_accuracy"] >= 0.885  # the 25-epoch run (cifar10-seed/2): 85.49 %
+    assert (version_dir / "golden.npz").is_file()
 
     response = make_client(model_dir=BLOG).post("/predict", files=UPLOADS)
 
