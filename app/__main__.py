@@ -4,10 +4,12 @@ With WORKERS > 1 this process is the supervisor of that many workers (app.superv
 them `python -m app` again, serving the socket it was handed.
 """
 
+import argparse
 import os
 import signal
 import socket
 import sys
+import textwrap
 from types import FrameType
 
 import uvicorn
@@ -51,7 +53,35 @@ def make_config(settings: Settings) -> uvicorn.Config:
     )
 
 
+def settings_help() -> str:
+    """One entry per setting, generated from the settings model: name, default, meaning."""
+    entries = []
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        shown = "unset" if default is None else default
+        entries.append(f"  {name.upper()} (default: {shown})")
+        entries.extend(
+            textwrap.wrap(
+                field.description or "", 96, initial_indent=" " * 6, subsequent_indent=" " * 6
+            )
+        )
+    return "\n".join(entries)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """No options but --help: every setting is an environment variable, listed there."""
+    parser = argparse.ArgumentParser(
+        prog="python -m app",
+        description="Serve the CIFAR-10 classifier over HTTP (uvicorn; WORKERS processes). "
+        "Every setting is an environment variable.",
+        epilog="settings (environment variables):\n" + settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser.parse_args(argv)
+
+
 def main() -> None:
+    parse_args(sys.argv[1:])
     settings = get_settings()
     configure_logging(settings.log_level)
     config = make_config(settings)

@@ -128,7 +128,7 @@ def test_the_blog_network_is_committed_after_its_full_schedule(make_client) -> N
     metadata = json.loads((version_dir / "metadata.json").read_text())
     assert metadata["training"]["epochs"] == 100
     assert [phase["epochs"] for phase in metadata["training"]["phases"]] == [50, 50]
-    assert metadata["metrics"]["test_accuracy"] >= 0.885  # the 25-epoch run (cifar10-seed/2): 85.49 %
+    assert metadata["metrics"]["test_accuracy"] >= 0.885  # cifar10-seed/2 (25 epochs): 85.49 %
     assert (version_dir / "golden.npz").is_file()
 
     response = make_client(model_dir=BLOG).post("/predict", files=UPLOADS)

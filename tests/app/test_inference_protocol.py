@@ -47,13 +47,40 @@ def triton_client(tiny_model_dir: Path) -> Iterator[triton.InferenceServerClient
         client.close()
 
 
+def triton_infer(
+    client: Any,
+    inputs: list[triton.InferInput],
+    outputs: list[triton.InferRequestedOutput] | None = None,
+    request_id: str = "",
+    version: str = "",
+) -> triton.InferResult:
+    """tritonclient's own request and response codecs around the in-process app: its wire
+    format, JSON or binary, without a socket."""
+    body, json_size = triton.InferenceServerClient.generate_request_body(
+        inputs, outputs, request_id
+    )
+    headers = {} if json_size is None else {"Inference-Header-Content-Length": str(json_size)}
+    path = f"/v2/models/{MODEL}" + (f"/versions/{version}" if version else "") + "/infer"
+    response = client.post(path, content=body, headers=headers)
+    assert response.status_code == 200, response.text
+    length = response.headers.get("Inference-Header-Content-Length")
+    return triton.InferResult.from_response_body(
+        response.content, header_length=None if length is None else int(length)
+    )
+
+
 def tensor_input(images: np.ndarray, binary: bool) -> triton.InferInput:
     tensor = triton.InferInput("images", list(images.shape), "UINT8")
     tensor.set_data_from_numpy(images, binary_data=binary)
     return tensor
 
 
-def test_server_and_model_health_and_metadata(triton_client: triton.InferenceServerClient) -> None:
+def test_server_and_model_health_metadata_and_infer_over_http(
+    triton_client: triton.InferenceServerClient,
+) -> None:
+    """tritonclient against a real server; the tests below use its codecs in-process."""
+    result = triton_client.infer(MODEL, [tensor_input(pixels(2), binary=True)])
+    assert result.as_numpy("probabilities").shape == (2, len(LABELS))
     assert triton_client.is_server_live() and triton_client.is_server_ready()
     assert triton_client.is_model_ready(MODEL) and triton_client.is_model_ready(MODEL, "1")
     assert not triton_client.is_model_ready(MODEL, "7")
@@ -71,12 +98,12 @@ def test_server_and_model_health_and_metadata(triton_client: triton.InferenceSer
 @pytest.mark.parametrize("binary_in", [True, False], ids=["binary-in", "json-in"])
 @pytest.mark.parametrize("binary_out", [True, False], ids=["binary-out", "json-out"])
 def test_infer_equals_predict_on_the_same_pixels(
-    triton_client: triton.InferenceServerClient, client: Any, binary_in: bool, binary_out: bool
+    client: Any, binary_in: bool, binary_out: bool
 ) -> None:
     images = pixels(3, seed=int(binary_in) * 2 + int(binary_out))
 
-    result = triton_client.infer(
-        MODEL,
+    result = triton_infer(
+        client,
         [tensor_input(images, binary_in)],
         outputs=[triton.InferRequestedOutput("probabilities", binary_data=binary_out)],
         request_id="req-1",
@@ -93,33 +120,30 @@ def test_infer_equals_predict_on_the_same_pixels(
     )
 
 
-def test_encoded_image_files_as_bytes_are_decoded_like_predict(
-    triton_client: triton.InferenceServerClient, client: Any
-) -> None:
+def test_encoded_image_files_as_bytes_are_decoded_like_predict(client: Any) -> None:
     images = pixels(2, seed=5)
     files = triton.InferInput("images", [2], "BYTES")
     files.set_data_from_numpy(np.array([png(i) for i in images], dtype=np.object_))
 
-    result = triton_client.infer(MODEL, [files], model_version="1")
+    result = triton_infer(client, [files], version="1")
 
     np.testing.assert_allclose(
         result.as_numpy("probabilities"), predict_probabilities(client, images), atol=1e-6
     )
 
 
-def test_classification_extension_ranks_the_labels(
-    triton_client: triton.InferenceServerClient, client: Any
-) -> None:
+@pytest.mark.parametrize("binary", [True, False], ids=["binary-out", "json-out"])
+def test_classification_extension_ranks_the_labels(client: Any, binary: bool) -> None:
     images = pixels(2, seed=9)
-    requested = triton.InferRequestedOutput("probabilities", class_count=3)
+    requested = triton.InferRequestedOutput("probabilities", binary, class_count=3)
 
-    result = triton_client.infer(MODEL, [tensor_input(images, True)], outputs=[requested])
+    result = triton_infer(client, [tensor_input(images, True)], outputs=[requested])
 
     ranked = result.as_numpy("probabilities")
     assert ranked.shape == (2, 3)
     expected = predict_probabilities(client, images)
     for row, answer in zip(ranked, expected, strict=True):
-        parsed = [item.decode().split(":") for item in row]
+        parsed = [(item.decode() if binary else item).split(":") for item in row]
         indices = [int(index) for _, index, _ in parsed]
         assert indices == list(np.argsort(-answer)[:3])
         assert [label for *_, label in parsed] == [LABELS[i] for i in indices]

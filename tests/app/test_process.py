@@ -2,6 +2,8 @@
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ from app import cpu
 from app.__main__ import make_config
 from app.connections import GuardedHttpToolsProtocol
 from app.settings import Settings
+from tests.conftest import REPO
 
 
 def test_uvicorn_gets_the_settings_without_rounding(tiny_model_dir: Path) -> None:
@@ -106,3 +109,32 @@ def test_the_version_comes_from_pyproject_when_the_package_is_not_installed(
         expected = tomllib.load(handle)["project"]["version"]
 
     assert openapi.package_version() == expected != "0+unknown"
+
+
+def run_app(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args],
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin", "MODEL_DIR": "/nonexistent"},  # a server would exit 3
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_help_lists_every_setting_with_its_default_and_starts_nothing() -> None:
+    result = run_app("--help")
+
+    assert result.returncode == 0, result.stderr
+    for name in Settings.model_fields:
+        assert f"  {name.upper()} (default: " in result.stdout, name
+    assert "MAX_HEADER_BYTES (default: 32768)" in result.stdout
+    assert "cannot serve the model" not in result.stderr
+
+
+def test_an_unknown_argument_is_an_error_with_the_usage() -> None:
+    result = run_app("--port", "9000")
+
+    assert result.returncode == 2
+    assert "usage: python -m app" in result.stderr and "--port" in result.stderr
+
