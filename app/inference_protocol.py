@@ -267,7 +267,3 @@ def wants_binary(request: InferenceRequest, output: RequestOutput | None) -> boo
     if output is not None and "binary_data" in output.parameters:
         return bool(output.parameters["binary_data"])
     return bool(request.parameters.get("binary_data_output", False))
-
-
-def error_body(message: str) -> bytes:
-    return json.dumps({"error": message}).encode()
