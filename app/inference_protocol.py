@@ -8,7 +8,6 @@ https://kserve.github.io/website/latest/modelserving/data_plane/v2_protocol/
 
 from __future__ import annotations
 
-import json
 import struct
 from collections.abc import Sequence
 from typing import Any
