@@ -14,6 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from app import openapi
 from app.access import AccessMiddleware
+from app.backends import resolve_backend
 from app.batcher import Batcher, BatchStats
 from app.deps import require_admin_key, require_api_key
 from app.errors import install_error_handlers
@@ -59,7 +60,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     serving; on shutdown finish queued work, then stop."""
     settings: Settings = app.state.settings
     telemetry: Metrics = app.state.metrics
-    configure_threads(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
+    if resolve_backend(settings.inference_backend) == "tensorflow":  # else never imported
+        configure_threads(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
     repository = ModelRepository(
         settings.model_dir,
         policy=settings.version_policy,

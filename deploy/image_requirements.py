@@ -3,7 +3,8 @@
     python3 image_requirements.py openvino     # the default, slim image: no TensorFlow
     python3 image_requirements.py tensorflow   # TensorFlow's CPU-only build (same module)
 
-The runtime dependencies stay pyproject's; only the runtime under the SavedModel changes.
+pyproject's base dependencies serve on OpenVINO; the tensorflow image adds TensorFlow's
+CPU-only build from the `tensorflow` extra.
 """
 
 import sys
@@ -16,13 +17,10 @@ if backend not in BACKENDS:
     sys.exit(f"BACKEND must be one of {BACKENDS}, not {backend!r}")
 with open("pyproject.toml", "rb") as handle:
     project = tomllib.load(handle)["project"]
-requirements = []
-for requirement in project["dependencies"]:
-    if requirement.startswith("tensorflow"):
-        if backend == "openvino":
-            continue
-        requirement = requirement.replace("tensorflow", "tensorflow-cpu", 1)
-    requirements.append(requirement)
-if backend == "openvino":
-    requirements += project["optional-dependencies"]["openvino"]
+requirements = list(project["dependencies"])  # OpenVINO included
+if backend == "tensorflow":
+    requirements += [
+        requirement.replace("tensorflow", "tensorflow-cpu", 1)
+        for requirement in project["optional-dependencies"]["tensorflow"]
+    ]
 print("\n".join(requirements))

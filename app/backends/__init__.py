@@ -34,14 +34,21 @@ def installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def gpu_present() -> bool:
+    """Whether the machine shows an NVIDIA GPU, asked of the driver's files: importing
+    TensorFlow to ask takes seconds and prints CUDA errors on every machine without one."""
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return Path("/dev/nvidia0").exists() or (gpus.is_dir() and any(gpus.iterdir()))
+
+
 def resolve_backend(choice: BackendChoice) -> str:
     """`auto`: TensorFlow when it sees a GPU (OpenVINO here serves the CPU only), else OpenVINO
-    when installed, else TensorFlow."""
+    when installed, else TensorFlow. TensorFlow is imported to ask only where a GPU shows."""
     if choice not in ("auto", "tensorflow", "openvino"):
         raise ValueError(f"backend must be one of auto, tensorflow, openvino; got {choice!r}")
     if choice != "auto":
         return choice
-    if installed("tensorflow"):
+    if installed("tensorflow") and gpu_present():
         from app.backends import tensorflow as tensorflow_backend
 
         if tensorflow_backend.sees_gpu():

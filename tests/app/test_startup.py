@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 
+from app.backends import gpu_present
 from app.model import ModelLoadError, describe_device, load_classifier, resolve_version_dir
 from tests.conftest import REPO, break_version, export_tiny_model, precision
-from tests.servers import bound_socket
+from tests.servers import bound_socket, start_server, wait_until_healthy
 
 
 def corrupt_copy(tiny_model_dir: Path, tmp_path: Path) -> Path:
@@ -137,3 +138,20 @@ def test_server_exits_non_zero_naming_path_and_reason(
     assert len(lines) == 1 and str(model_dir) in lines[0] and reason in lines[0]
     if runner == "python -m app":
         assert result.returncode == 3  # uvicorn's "failed to start", not a crash
+
+
+@pytest.mark.skipif(gpu_present(), reason="a GPU shows: auto serves with TensorFlow")
+def test_serving_on_openvino_never_loads_tensorflow(tiny_model_dir: Path) -> None:
+    """`python -m app` as installed (TensorFlow is here, for the tests): auto picks OpenVINO,
+    and no TensorFlow library is mapped into the serving process, GPU probe included."""
+    server, port = start_server(tiny_model_dir)
+    try:
+        wait_until_healthy(port, server)
+        mapped = Path(f"/proc/{server.pid}/maps").read_text()
+    finally:
+        server.terminate()
+        server.wait(30)
+
+    assert "/openvino/" in mapped
+    # TensorFlow's own package; OpenVINO's SavedModel reader is openvino/frontend/tensorflow.
+    assert "site-packages/tensorflow/" not in mapped
