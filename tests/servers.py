@@ -29,6 +29,17 @@ def bound_socket() -> Iterator[socket.socket]:
         yield sock
 
 
+def _server_env(model_dir: Path, sock: socket.socket, settings: dict[str, str]) -> dict[str, str]:
+    return os.environ | {
+        "MODEL_DIR": str(model_dir),
+        "LISTEN_FD": str(sock.fileno()),
+        "LOG_LEVEL": "warning",
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "WORKERS": "1",
+        **settings,
+    }
+
+
 def start_server(model_dir: Path, **settings: str) -> tuple[subprocess.Popen, int]:
     """Start the service on a socket bound here to port 0; the process and its port.
 
@@ -38,18 +49,28 @@ def start_server(model_dir: Path, **settings: str) -> tuple[subprocess.Popen, in
     limits and model repositories are what most of these tests look at.
     """
     with bound_socket() as sock:
-        env = os.environ | {
-            "MODEL_DIR": str(model_dir),
-            "LISTEN_FD": str(sock.fileno()),
-            "LOG_LEVEL": "warning",
-            "TF_CPP_MIN_LOG_LEVEL": "3",
-            "WORKERS": "1",
-            **settings,
-        }
         process = subprocess.Popen(
-            [sys.executable, "-m", "app"], cwd=REPO, env=env, pass_fds=(sock.fileno(),)
+            [sys.executable, "-m", "app"],
+            cwd=REPO,
+            env=_server_env(model_dir, sock, settings),
+            pass_fds=(sock.fileno(),),
         )
         return process, sock.getsockname()[1]
+
+
+def run_to_exit(model_dir: Path, **settings: str) -> subprocess.CompletedProcess:
+    """`python -m app` on a socket of its own, run to its end with its output captured: for a
+    server that must refuse to start."""
+    with bound_socket() as sock:
+        return subprocess.run(
+            [sys.executable, "-m", "app"],
+            cwd=REPO,
+            env=_server_env(model_dir, sock, settings),
+            pass_fds=(sock.fileno(),),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
 
 def wait_until_healthy(port: int, process: subprocess.Popen, seconds: float = 120) -> None:

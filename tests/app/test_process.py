@@ -137,4 +137,3 @@ def test_an_unknown_argument_is_an_error_with_the_usage() -> None:
 
     assert result.returncode == 2
     assert "usage: python -m app" in result.stderr and "--port" in result.stderr
-

@@ -15,7 +15,7 @@ import tensorflow as tf
 from app.backends import gpu_present
 from app.model import ModelLoadError, describe_device, load_classifier, resolve_version_dir
 from tests.conftest import REPO, break_version, export_tiny_model, precision
-from tests.servers import bound_socket, start_server, wait_until_healthy
+from tests.servers import run_to_exit, start_server, wait_until_healthy
 
 
 def corrupt_copy(tiny_model_dir: Path, tmp_path: Path) -> Path:
@@ -114,18 +114,13 @@ def test_server_exits_non_zero_naming_path_and_reason(
     case: str, runner: str, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     model_dir = tmp_path / "absent" if case == "missing" else corrupt_copy(tiny_model_dir, tmp_path)
-    env = os.environ | {"MODEL_DIR": str(model_dir), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    with bound_socket() as sock:
-        command = (
-            [sys.executable, "-m", "app"]
-            if runner == "python -m app"
-            else [sys.executable, "-m", "uvicorn", "app.main:app", "--port", "0"]
-        )
+    if runner == "python -m app":
+        result = run_to_exit(model_dir)
+    else:
         result = subprocess.run(
-            command,
+            [sys.executable, "-m", "uvicorn", "app.main:app", "--port", "0"],
             cwd=REPO,
-            env=env | {"LISTEN_FD": str(sock.fileno())},
-            pass_fds=(sock.fileno(),),
+            env=os.environ | {"MODEL_DIR": str(model_dir), "TF_CPP_MIN_LOG_LEVEL": "3"},
             capture_output=True,
             text=True,
             timeout=120,

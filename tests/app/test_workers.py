@@ -19,8 +19,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.app.test_startup import corrupt_copy
-from tests.conftest import REPO, image_bytes
-from tests.servers import bound_socket, start_server, wait_until_healthy
+from tests.conftest import image_bytes
+from tests.servers import run_to_exit, start_server, wait_until_healthy
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 
@@ -262,22 +262,7 @@ def test_a_broken_model_stops_the_parent_with_one_clear_line(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     model_dir = corrupt_copy(tiny_model_dir, tmp_path)
-    with bound_socket() as sock:
-        env = os.environ | {
-            "MODEL_DIR": str(model_dir),
-            "LISTEN_FD": str(sock.fileno()),
-            "WORKERS": "2",
-            "TF_CPP_MIN_LOG_LEVEL": "3",
-        }
-        result = subprocess.run(
-            [sys.executable, "-m", "app"],
-            cwd=REPO,
-            env=env,
-            pass_fds=(sock.fileno(),),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+    result = run_to_exit(model_dir, WORKERS="2")
 
     lines = [line for line in result.stderr.splitlines() if "cannot serve the model" in line]
     assert len(lines) == 1 and str(model_dir) in lines[0], result.stderr[-3000:]
