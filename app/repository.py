@@ -160,7 +160,7 @@ class ModelRepository:
             self._by_folder = wanted
             self._served = {served.version: served for served in wanted.values()}
             for served in leaving:
-                self._unload_later(served, events)
+                self._unload_later(served)
             for event in events:
                 self._emit(event)
             return events
@@ -168,11 +168,10 @@ class ModelRepository:
     async def unload(self) -> None:
         """Stop serving every version; each is unloaded once its in-flight requests finish."""
         async with self._poll_lock:
-            events: list[RepositoryEvent] = []
             leaving = list(self._by_folder.values())
             self._by_folder, self._served = {}, {}
             for served in leaving:
-                self._unload_later(served, events)
+                self._unload_later(served)
 
     async def close(self) -> None:
         """Stop serving: every batcher finishes its queued work. After a poll that is loading a
@@ -235,7 +234,8 @@ class ModelRepository:
                 f"this repository serves '{self.name}'",
             )
 
-    def _unload_later(self, served: ServedVersion, events: list[RepositoryEvent]) -> None:
+    def _unload_later(self, served: ServedVersion) -> None:
+        """Unloaded once its in-flight requests are done; the event is emitted then."""
         async def unload() -> None:
             await served.idle.wait()
             await served.batcher.stop()

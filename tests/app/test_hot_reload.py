@@ -2,6 +2,7 @@
 after their requests, and not one request failed on the way."""
 
 import json
+import re
 import shutil
 import threading
 import time
@@ -165,6 +166,8 @@ async def test_a_removed_version_is_unloaded_only_after_its_requests(tmp_path: P
         assert repository.versions == [2]
         gone = await client.post("/predict?version=1", files={"files": image_bytes()})
         assert gone.status_code == 404 and gone.json()["error"]["code"] == "version_not_found"
+        # It names the version asked for and the ones a client may ask for instead.
+        assert re.search(r"\b1\b.*\[2\]", gone.json()["error"]["message"])
         assert not old.batcher.closed  # still serving the request that holds it
         answer = await old.batcher.submit(blank(old))
         assert answer.shape == (1, 10)
@@ -267,6 +270,8 @@ async def test_explicit_load_and_unload_through_the_repository_api(tmp_path: Pat
 
         unloaded = await client.post("/v2/repository/models/cifar10/unload")
         assert unloaded.status_code == 200
+        for probe in ("/health", "/v2/health/ready"):  # nothing loaded: not ready, not a 500
+            assert (await client.get(probe)).status_code == 503, probe
         assert (await client.get("/v2/models/cifar10/ready")).status_code == 503
         refused = await client.post("/predict", files={"files": image_bytes()})
         assert refused.status_code == 503

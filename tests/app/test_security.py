@@ -134,6 +134,24 @@ def test_the_repository_api_is_closed_without_an_admin_key(make_client) -> None:
     assert client.get("/health").status_code == 200  # still serving
 
 
+def test_a_refused_key_is_told_why(make_client) -> None:
+    client = make_client(api_key="inference", admin_api_key="admin")
+    unload = "/v2/repository/models/cifar10/unload"
+    cases = [
+        ("/predict", None, 401, "X-API-Key"),
+        (unload, None, 401, "missing X-API-Key"),
+        (unload, "guess", 401, "wrong X-API-Key"),
+        (unload, "inference", 403, "inference key"),
+    ]
+
+    for path, key, status, reason in cases:
+        headers = {} if key is None else {"X-API-Key": key}
+        refused = client.post(path, headers=headers)
+        assert refused.status_code == status, (path, key)
+        assert reason in refused.text, (path, key, refused.text)
+    assert client.get("/health").status_code == 200  # nothing was unloaded
+
+
 def test_one_key_cannot_be_both(make_client) -> None:
     from pydantic import ValidationError
 
