@@ -1,5 +1,6 @@
-"""Print the installed, pinned closure of the service's runtime dependencies: the core ones and
-the serving extra `openvino` (not the train or dev extras).
+"""Print the installed, pinned closure of the service's runtime dependencies: the base ones
+(OpenVINO serving) and the `tensorflow` extra the TensorFlow image serves with (not the train or
+dev extras).
 
 pip-audit then checks exactly what a deployment runs: `pip-audit --disable-pip --no-deps -r`.
 """
@@ -25,6 +26,6 @@ def closure(name: str, seen: dict[str, str]) -> None:
 
 pins: dict[str, str] = {}
 closure("cifar10-service", pins)
-closure("openvino", pins)  # the `openvino` extra: what INFERENCE_BACKEND=openvino runs
+closure("tensorflow", pins)  # the `tensorflow` extra: what INFERENCE_BACKEND=tensorflow runs
 pins.pop("cifar10-service")
 print("\n".join(f"{name}=={version}" for name, version in sorted(pins.items())))

@@ -87,4 +87,11 @@ answer = json.load(urllib.request.urlopen(request, timeout=30))
 print(json.dumps(answer["predictions"][0]["top_k"]))
 assert answer["predictions"][0]["filename"] == "cat.png"
 PY
+if [ "$BACKEND" = openvino ]; then
+  # The slim image is the lean install: no TensorFlow in it, so none can be imported at start.
+  buildah run --isolation chroot "$ctr" -- python3 -c \
+    "import importlib.util, sys; sys.exit(importlib.util.find_spec('tensorflow') is not None)" \
+    || { echo "TensorFlow is installed in the slim image"; exit 1; }
+  log "slim image: no TensorFlow installed"
+fi
 log "container check passed"
