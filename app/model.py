@@ -91,6 +91,12 @@ class Classifier:
     golden: GoldenResult | None  # the check against golden.npz at load; None: the version has none
     _runtime: Backend
 
+    @property
+    def uncertain_below(self) -> float:
+        """Below this confidence an answer is "not sure", as `python -m training.uncertainty`
+        chose it on the test set; 0 (never) for a version without that record."""
+        return float(self.metadata.get("uncertainty", {}).get("threshold", 0.0))
+
     def predict(self, images: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 -> (N, num_labels) float32; blocking, call it off the event loop."""
         return self._runtime.predict(images)

@@ -236,6 +236,7 @@ class ModelRepository:
 
     def _unload_later(self, served: ServedVersion) -> None:
         """Unloaded once its in-flight requests are done; the event is emitted then."""
+
         async def unload() -> None:
             await served.idle.wait()
             await served.batcher.stop()

@@ -24,6 +24,10 @@ class Prediction(BaseModel):
     confidence: float = Field(ge=0, le=1, description="Probability of `label`.")
     top_k: list[LabelProbability] = Field(description="The k most probable labels, best first.")
     probabilities: dict[str, float] = Field(description="Probability of every label.")
+    uncertain: bool = Field(
+        description="`confidence` is below the request's `uncertain_below`: the model is not "
+        "sure, and the image may show none of the ten labels. `label` is still its best guess."
+    )
 
 
 class PredictResponse(BaseModel):
@@ -33,11 +37,13 @@ class PredictResponse(BaseModel):
                 {
                     "model": "cifar10",
                     "version": 1,
+                    "uncertain_below": 0.63,
                     "predictions": [
                         {
                             "filename": "cat.png",
                             "label": "cat",
                             "confidence": 0.91,
+                            "uncertain": False,
                             "top_k": [
                                 {"label": "cat", "probability": 0.91},
                                 {"label": "dog", "probability": 0.06},
@@ -64,6 +70,10 @@ class PredictResponse(BaseModel):
 
     model: str = Field(description="Name of the model that answered.")
     version: int = Field(description="Version of the model that answered.")
+    uncertain_below: float = Field(
+        description="The confidence below which an answer is flagged `uncertain` in this "
+        "response: the request's, else UNCERTAIN_BELOW, else the version's own."
+    )
     predictions: list[Prediction] = Field(description="One result per uploaded file, in order.")
 
 

@@ -126,6 +126,24 @@ TopK = Annotated[
 ]
 
 
+UncertainBelow = Annotated[
+    float | None,
+    Query(
+        ge=0,
+        le=1,
+        description="Flag answers whose confidence is below this as `uncertain` (default: the "
+        "UNCERTAIN_BELOW setting, else the model version's own, chosen on its test set).",
+    ),
+]
+
+
+def resolve_uncertain_below(asked: float | None, setting: float | None, own: float) -> float:
+    """The request's threshold, else the service's setting, else the version's own."""
+    if asked is not None:
+        return asked
+    return own if setting is None else setting
+
+
 def resolve_top_k(top_k: int | None, labels: int, default: int) -> int:
     """The query's `top_k` checked against the loaded model's labels, else the default."""
     if top_k is not None and not 1 <= top_k <= labels:
@@ -236,14 +254,18 @@ async def _client_disconnected(request: Request) -> None:
         pass
 
 
-def prediction(name: str, row: np.ndarray, labels: Sequence[str], k: int) -> Prediction:
-    """One image's answer: the best label, the k best, and every label's probability."""
+def prediction(
+    name: str, row: np.ndarray, labels: Sequence[str], k: int, uncertain_below: float
+) -> Prediction:
+    """One image's answer: the best label, the k best, every label's probability, and whether
+    the model is too unsure of it to be trusted."""
     order = np.argsort(row)[::-1]
     best = int(order[0])
     return Prediction(
         filename=name,
         label=labels[best],
         confidence=float(row[best]),
+        uncertain=bool(row[best] < uncertain_below),
         top_k=[LabelProbability(label=labels[i], probability=float(row[i])) for i in order[:k]],
         probabilities={label: float(p) for label, p in zip(labels, row, strict=True)},
     )

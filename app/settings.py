@@ -79,6 +79,15 @@ class Settings(BaseSettings):
     max_queue_images: int = Field(
         2048, ge=1, description="Images waiting for the model before requests get 503."
     )
+    uncertain_below: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description='An answer whose confidence is below this is flagged "uncertain": true '
+        "(a request may say ?uncertain_below=). Unset: the served version's own threshold "
+        "(metadata.json `uncertainty`: the lowest confidence at which its answered test images "
+        "are >= 99 % right), or 0 (never) for a version without one.",
+    )
     request_timeout_s: float = Field(
         30.0,
         gt=0,

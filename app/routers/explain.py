@@ -68,6 +68,7 @@ async def explain(
     slots: ExplainSlotsDep,
     settings: SettingsDep,
     top_k: serving.TopK = None,
+    uncertain_below: serving.UncertainBelow = None,
     patch: Annotated[
         int, Query(ge=1, description="Side of the grey square, in model-input pixels.")
     ] = DEFAULT_PATCH,
@@ -82,6 +83,9 @@ async def explain(
     deadline = asyncio.get_running_loop().time() + settings.request_timeout_s
     request.state.images = len(files)
     k = serving.resolve_top_k(top_k, len(classifier.labels), settings.default_top_k)
+    threshold = serving.resolve_uncertain_below(
+        uncertain_below, settings.uncertain_below, classifier.uncertain_below
+    )
     grid = _grid(classifier.height, patch, stride, settings.max_batch_size)
     names = serving.filenames(files)
     most = settings.max_batch_size // grid.inputs_per_image
@@ -116,7 +120,7 @@ async def explain(
         fill=occlusion.FILL,
         explanations=[
             Explanation(
-                **dict(serving.prediction(name, rows[0], classifier.labels, k)),
+                **dict(serving.prediction(name, rows[0], classifier.labels, k, threshold)),
                 input_png=input_png,
                 sensitivity=np.round(position_map.astype(np.float64), 6).tolist(),
                 heatmap_png=heatmap_png,

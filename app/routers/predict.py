@@ -60,11 +60,15 @@ async def predict(
     decode_pool: DecodePoolDep,
     settings: SettingsDep,
     top_k: serving.TopK = None,
+    uncertain_below: serving.UncertainBelow = None,
 ) -> PredictResponse:
     """Classify uploaded images; all images of one request go through the model as one batch."""
     deadline = asyncio.get_running_loop().time() + settings.request_timeout_s
     request.state.images = len(files)
     k = serving.resolve_top_k(top_k, len(classifier.labels), settings.default_top_k)
+    threshold = serving.resolve_uncertain_below(
+        uncertain_below, settings.uncertain_below, classifier.uncertain_below
+    )
     names = serving.filenames(files)
     decoding = serving.decode_all(files, names, classifier, settings.max_image_pixels, decode_pool)
     _, probabilities = await serving.classify(
@@ -73,8 +77,9 @@ async def predict(
     return PredictResponse(
         model=classifier.name,
         version=classifier.version,
+        uncertain_below=threshold,
         predictions=[
-            serving.prediction(name, row, classifier.labels, k)
+            serving.prediction(name, row, classifier.labels, k, threshold)
             for name, row in zip(names, probabilities, strict=True)
         ],
     )

@@ -108,7 +108,14 @@ function showError(card, text) {
 function showExplanation(card, name, body) {
   const explanation = body.explanations[0];
   const status = card.querySelector(".status");
-  status.textContent = `Most likely ${explanation.label}, ${percent(explanation.confidence)}.`;
+  if (explanation.uncertain) {
+    // Below the service's threshold: its calibrated confidence says the guess is often wrong,
+    // and photos of things outside the ten labels land here.
+    card.classList.add("uncertain");
+    status.textContent = `Not sure, maybe none of the ten. Best guess ${explanation.label}, ${percent(explanation.confidence)}.`;
+  } else {
+    status.textContent = `Most likely ${explanation.label}, ${percent(explanation.confidence)}.`;
+  }
 
   const labels = card.querySelector(".labels");
   labels.setAttribute("aria-label", `Top ${explanation.top_k.length} labels for ${name}`);

@@ -1,5 +1,6 @@
 """POST /predict through the real ASGI app: results, order, top_k, and agreement with the model."""
 
+import json
 import math
 import threading
 from importlib.metadata import version
@@ -10,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from app.preprocessing import decode_image
-from tests.conftest import LABELS, assert_served_like, image_bytes
+from tests.conftest import LABELS, assert_served_like, export_tiny_model, image_bytes
 
 
 def direct_probabilities(model_dir: Path, images: np.ndarray) -> np.ndarray:
@@ -127,3 +128,50 @@ def test_every_image_is_opened_and_decoded_off_the_event_loop(
     assert response.status_code == 200
     assert [p["filename"] for p in response.json()["predictions"]] == ["small.png", "large.png"]
     assert len(threads) == 4 and all(name.startswith("decode") for name in threads), threads
+
+
+def flags(client, query: str = "") -> tuple[float, list[tuple[float, bool]]]:
+    """The threshold a /predict of three images used, and per image (confidence, uncertain)."""
+    files = [("files", (f"{i}.png", image_bytes(seed=i))) for i in range(3)]
+    body = client.post(f"/predict{query}", files=files).json()
+    return body["uncertain_below"], [(p["confidence"], p["uncertain"]) for p in body["predictions"]]
+
+
+def test_an_answer_below_the_threshold_is_flagged_uncertain(client) -> None:
+    _, answers = flags(client)
+    middle = sorted(confidence for confidence, _ in answers)[1]
+
+    threshold, flagged = flags(client, f"?uncertain_below={middle}")
+
+    assert threshold == middle
+    assert [uncertain for _, uncertain in flagged] == [c < middle for c, _ in flagged]
+    assert sum(uncertain for _, uncertain in flagged) == 1  # strictly below: the lowest only
+
+
+def test_the_threshold_comes_from_the_request_the_setting_or_the_version(
+    make_client, tmp_path: Path
+) -> None:
+    plain = make_client()
+    assert flags(plain)[0] == 0  # a version without a recorded threshold flags nothing
+    assert not any(uncertain for _, uncertain in flags(plain)[1])
+
+    version_dir = export_tiny_model(tmp_path / "cifar10" / "1")
+    metadata = json.loads((version_dir / "metadata.json").read_text())
+    metadata["uncertainty"] = {"threshold": 0.99}
+    (version_dir / "metadata.json").write_text(json.dumps(metadata))
+    own = make_client(model_dir=tmp_path / "cifar10")
+    assert flags(own)[0] == 0.99
+    assert all(uncertain for _, uncertain in flags(own)[1])  # no tiny-model answer reaches 0.99
+
+    assert flags(make_client(model_dir=tmp_path / "cifar10", uncertain_below=0.0))[0] == 0.0
+    assert flags(own, "?uncertain_below=0")[1] == [(c, False) for c, _ in flags(own)[1]]
+
+
+@pytest.mark.parametrize("value", ["-0.1", "1.5", "sure"])
+def test_an_out_of_range_threshold_is_a_422(client, value: str) -> None:
+    response = client.post(
+        f"/predict?uncertain_below={value}", files={"files": ("a.png", image_bytes())}
+    )
+
+    assert response.status_code == 422
+    assert "uncertain_below" in response.text

@@ -91,6 +91,7 @@ def test_at_phone_size_images_get_answers_a_text_file_an_error_and_the_map_shows
             expect(card.locator(".labels")).to_have_attribute(
                 "aria-label", f"Top 3 labels for {path.name}"
             )
+            expect(card.locator(".status")).to_have_text(re.compile(r"^Most likely "))
             for row in rows.all():
                 assert row.locator(".label").inner_text() in LABELS
                 assert PERCENT.match(row.locator(".percent").inner_text())
@@ -137,3 +138,20 @@ def test_at_phone_size_images_get_answers_a_text_file_an_error_and_the_map_shows
     # answer, not a script error. Anything else is.
     unexpected = [m for m in console_errors if not re.search(r"status of 415\b", m)]
     assert unexpected == [] and len(console_errors) <= 1, console_errors
+
+
+@needs_chromium
+def test_an_answer_below_the_threshold_says_not_sure_and_keeps_its_top_3(
+    tiny_model_dir: Path,
+) -> None:
+    """UNCERTAIN_BELOW=1 flags every answer (no softmax of the tiny model reaches 1)."""
+    with serving(tiny_model_dir, UNCERTAIN_BELOW="1") as port, chromium() as browser:
+        page = browser.new_page(viewport=PHONE, is_mobile=True, has_touch=True)
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.set_input_files("#file-input", IMAGES[:1])
+
+        card = page.locator(".card")
+        expect(card.locator(".labels li")).to_have_count(3, timeout=ANSWER_TIMEOUT_MS)
+        expect(card.locator(".status")).to_have_text(
+            re.compile(r"^Not sure, maybe none of the ten\. Best guess \w+, [\d.]+ %\.$")
+        )
