@@ -8,6 +8,7 @@ const results = document.getElementById("results");
 const template = document.getElementById("card-template");
 const fileInput = document.getElementById("file-input");
 const dropZone = document.getElementById("drop-zone");
+const clearButton = document.getElementById("clear");
 
 function percent(probability) {
   return `${(probability * 100).toFixed(1)} %`;
@@ -196,7 +197,13 @@ async function explain(file, name, card) {
   showExplanation(card, name, body);
 }
 
+clearButton.addEventListener("click", () => {
+  results.replaceChildren(); // answers still on their way land in cards no longer shown
+  clearButton.hidden = true;
+});
+
 function handleFiles(files) {
+  clearButton.hidden = false;
   const before = results.firstElementChild; // newest choice on top, in the order chosen
   for (const file of files) {
     const name = file.name || "pasted image";

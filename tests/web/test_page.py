@@ -141,7 +141,7 @@ def test_at_phone_size_images_get_answers_a_text_file_an_error_and_the_map_shows
 
 
 @needs_chromium
-def test_an_answer_below_the_threshold_says_not_sure_and_keeps_its_top_3(
+def test_not_sure_answers_keep_their_top_3_and_the_cards_can_be_cleared(
     tiny_model_dir: Path,
 ) -> None:
     """UNCERTAIN_BELOW=1 flags every answer (no softmax of the tiny model reaches 1)."""
@@ -155,3 +155,12 @@ def test_an_answer_below_the_threshold_says_not_sure_and_keeps_its_top_3(
         expect(card.locator(".status")).to_have_text(
             re.compile(r"^Not sure, maybe none of the ten\. Best guess \w+, [\d.]+ %\.$")
         )
+
+        # A phone cannot paste with Ctrl+V, so the page does not offer it; a desktop does.
+        expect(page.locator(".paste-hint")).to_be_hidden()
+        page.get_by_role("button", name="Clear the answers").click()
+        expect(page.locator(".card")).to_have_count(0)
+        expect(page.get_by_role("button", name="Clear the answers")).to_be_hidden()
+        desktop = browser.new_page(viewport={"width": 1280, "height": 800})
+        desktop.goto(f"http://127.0.0.1:{port}/")
+        expect(desktop.locator(".paste-hint")).to_be_visible()
