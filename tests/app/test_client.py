@@ -27,9 +27,9 @@ def run_client(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """300 PNGs in two subfolders, a text file and a truncated PNG among them."""
+    """300 files in two subfolders: 298 PNGs, a text file and a truncated PNG."""
     root = tmp_path_factory.mktemp("photos")
-    for i in range(300):
+    for i in range(298):
         sub = root / ("a" if i % 2 else "b")
         sub.mkdir(exist_ok=True)
         (sub / f"{i:03d}.png").write_bytes(image_bytes(seed=i))
@@ -48,7 +48,7 @@ def test_a_folder_is_classified_past_its_bad_files(tiny_model_dir: Path, folder:
 
     assert result.returncode == 1, result.stderr[-2000:]  # not every file was classified
     answered = rows(result.stdout)
-    assert len(answered) == 300
+    assert len(answered) == 298
     assert {row["path"] for row in answered} == {
         str(p) for p in folder.rglob("*.png") if p.name != "cut.png"
     }
