@@ -153,7 +153,12 @@ def parse_request(
         if size is None:
             chunks.append(b"")
             continue
-        if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ProtocolError(
+                400,
+                f"input '{tensor.name}': binary_data_size must be a byte count, not {size!r}",
+            )
+        if offset + size > len(binary):
             raise ProtocolError(
                 400, f"input '{tensor.name}': binary_data_size {size} overruns the body"
             )

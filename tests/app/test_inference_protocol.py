@@ -284,3 +284,108 @@ def test_body_over_the_upload_limit_is_413_in_the_protocols_shape(make_client: A
     response = infer(client, json_request(pixels(2)))
 
     assert response.status_code == 413 and set(response.json()) == {"error"}
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (json_request(pixels(1), shape=[1, 28, 28, 3]), "[-1, 32, 32, 3]"),
+        (json_request(pixels(1), shape=[1, 32, 32, 3, 1]), "[-1, 32, 32, 3]"),
+        (json_request(pixels(1), datatype="BYTES", shape=[1], data=["x"]), "as binary data"),
+        ({"inputs": [{"name": "images", "datatype": "UINT8", "data": []}]}, "inputs.0.shape"),
+    ],
+)
+def test_wrong_shapes_and_kinds_are_a_400_naming_what_is_wrong(
+    client: Any, body: Any, words: str
+) -> None:
+    response = infer(client, body)
+
+    assert response.status_code == 400 and words in response.json()["error"], response.text
+
+
+def test_nested_json_data_is_read_like_flat_data(client: Any) -> None:
+    images = pixels(2, seed=3)
+    flat = infer(client, json_request(images)).json()["outputs"][0]["data"]
+
+    nested = infer(client, json_request(images, data=images.tolist()))
+
+    assert nested.status_code == 200, nested.text
+    assert nested.json()["outputs"][0]["data"] == flat
+    assert len(flat) == 2 * len(LABELS)  # the answer is flat too, row-major
+
+
+def test_the_json_bound_is_exactly_the_largest_request_there_can_be(make_client: Any) -> None:
+    """Two images at most: every value as `255, ` (5 bytes) plus 64 KiB for the rest."""
+    client = make_client(max_images_per_request=2)
+    limit = 2 * 32 * 32 * 3 * 5 + 64 * 1024
+    body = json.dumps(json_request(pixels(1))).encode()
+
+    at_limit = infer(client, body + b" " * (limit - len(body)))
+    over = infer(client, body + b" " * (limit + 1 - len(body)))
+
+    assert at_limit.status_code == 200, at_limit.text
+    assert over.status_code == 413 and f"more than {limit}" in over.json()["error"]
+
+
+def test_a_json_only_body_may_state_its_own_length(client: Any) -> None:
+    body = json.dumps(json_request(pixels(1))).encode()
+
+    response = infer(client, body, headers={"Inference-Header-Content-Length": str(len(body))})
+
+    assert response.status_code == 200, response.text
+
+
+def test_request_level_binary_output_is_honoured(client: Any) -> None:
+    asked = json_request(pixels(1)) | {"parameters": {"binary_data_output": True}}
+
+    binary = infer(client, asked)
+    plain = infer(client, json_request(pixels(1)))
+
+    length = int(binary.headers["Inference-Header-Content-Length"])
+    assert len(binary.content) == length + len(LABELS) * 4  # ten float32 after the JSON
+    assert "Inference-Header-Content-Length" not in plain.headers
+    assert len(plain.json()["outputs"][0]["data"]) == len(LABELS)
+
+
+@pytest.mark.parametrize(
+    ("raw", "shape", "words"),
+    [
+        (b"\x01\x00", [1], "truncated BYTES element"),  # not even a length prefix
+        (struct.pack("<I", 0xFFFFFFFF) + b"tiny", [1], "truncated BYTES element"),
+        (bytes_elements([b"a", b"b"]), [3], "2 elements for shape [3]"),
+    ],
+)
+def test_malformed_bytes_tensors_are_a_400(client: Any, raw: bytes, shape: list, words: str):
+    response = infer_binary(client, shape, "BYTES", raw)
+
+    assert response.status_code == 400 and words in response.json()["error"], response.text
+
+
+def test_uint8_binary_data_of_the_wrong_length_is_a_400(client: Any) -> None:
+    response = infer_binary(client, [1, 32, 32, 3], "UINT8", bytes(3071))
+
+    assert response.status_code == 400 and "3072 expected" in response.json()["error"]
+
+
+@pytest.mark.parametrize("size", ["3072", True, -1, 2.5])
+def test_a_binary_data_size_that_is_not_a_byte_count_is_a_400(client: Any, size: Any) -> None:
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "images",
+                    "shape": [1, 32, 32, 3],
+                    "datatype": "UINT8",
+                    "parameters": {"binary_data_size": size},
+                }
+            ]
+        }
+    ).encode()
+
+    response = infer(
+        client,
+        header + bytes(3072),
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
+
+    assert response.status_code == 400 and "byte count" in response.json()["error"]
