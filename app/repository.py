@@ -27,7 +27,6 @@ class VersionNotFound(LookupError):
     def __init__(self, version: int, loaded: list[int]) -> None:
         super().__init__(f"version {version} is not loaded (loaded: {loaded})")
         self.version = version
-        self.loaded = loaded
 
 
 @dataclass(eq=False)

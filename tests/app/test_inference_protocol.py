@@ -265,6 +265,8 @@ def test_unknown_models_and_versions_are_404(client: Any) -> None:
             client, json_request(pixels(1)), path=f"/v2/models/{MODEL}/versions/{version}/infer"
         )
         assert response.status_code == 404 and "error" in response.json()
+    missing = infer(client, json_request(pixels(1)), path=f"/v2/models/{MODEL}/versions/2/infer")
+    assert "version 2" in missing.json()["error"]
     assert client.get("/v2/models/mnist").status_code == 404
 
 
