@@ -1,13 +1,12 @@
 """The steps every inference route shares: uploads -> model input -> batcher -> probabilities.
 
-/predict and /explain both go through here, so an upload is decoded, refused and answered the
-same way whichever route it was sent to.
+/predict, /explain and /v2's infer all go through here, so an upload is decoded, refused, timed
+out and answered the same way whichever route it was sent to.
 """
 
 import asyncio
 import contextlib
 import functools
-from asyncio import FIRST_COMPLETED
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
@@ -207,7 +206,9 @@ async def classify(
     gone = asyncio.ensure_future(_client_disconnected(request))
     timeout = max(deadline - asyncio.get_running_loop().time(), 0)
     try:
-        done, _ = await asyncio.wait({work, gone}, timeout=timeout, return_when=FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {work, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
     finally:
         gone.cancel()
         if not work.done():
