@@ -105,7 +105,7 @@ async def explain(
             serving.decode_all(files, names, classifier, settings.max_image_pixels, decode_pool),
             deadline,
             settings.request_timeout_s,
-            model_input=lambda images: occlusion.occluded_batch(images, grid),
+            model_input=lambda decoded: occlusion.occluded_batch(decoded, grid),
         )
     per_image = probabilities.reshape(len(images), grid.inputs_per_image, -1)
     maps = [occlusion.sensitivity(rows, int(np.argmax(rows[0])), grid) for rows in per_image]
