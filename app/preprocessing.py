@@ -240,7 +240,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     if mode == "F":
         return _grey_to_rgb(np.clip(np.asarray(image, dtype=np.float64), 0, 1))
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
+        # Pillow converts premultiplied grey ("La") to nothing but "LA".
+        rgba = (image.convert("LA") if mode == "La" else image).convert("RGBA")
         background = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")

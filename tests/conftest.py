@@ -183,6 +183,34 @@ def bytes_elements(items: list[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(item)) + item for item in items)
 
 
+def tiff_with_strips(strips: int) -> bytes:
+    """A 32x32 grey TIFF whose directory lists `strips` strips (all the same row)."""
+    pixels = bytes(32 * 32)
+    offsets_at = 8 + len(pixels)
+    counts_at = offsets_at + 4 * strips
+    directory_at = counts_at + 4 * strips
+    entries = [
+        (256, 3, 1, 32),
+        (257, 3, 1, 32),
+        (258, 3, 1, 8),
+        (259, 3, 1, 1),
+        (262, 3, 1, 1),
+        (273, 4, strips, offsets_at),
+        (278, 3, 1, 1),
+        (279, 4, strips, counts_at),
+    ]
+    directory = struct.pack("<H", len(entries))
+    directory += b"".join(struct.pack("<HHII", *entry) for entry in entries) + bytes(4)
+    return (
+        b"II*\x00"
+        + struct.pack("<I", directory_at)
+        + pixels
+        + np.full(strips, 8, "<u4").tobytes()
+        + np.ones(strips, "<u4").tobytes()
+        + directory
+    )
+
+
 async def until(condition: Callable[[], bool], failure: str, seconds: float = 30) -> None:
     """Poll `condition` on the event loop; fail with `failure` after a generous deadline."""
     deadline = time.monotonic() + seconds

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from app.preprocessing import (
+    MAX_TIFF_TAG_VALUES,
     CorruptImage,
     EmptyImage,
     ImageTooLarge,
@@ -14,7 +15,9 @@ from app.preprocessing import (
     decode_image,
     load_oriented,
     open_image,
+    to_model_input,
 )
+from tests.conftest import tiff_with_strips
 
 MAX = 50_000_000
 
@@ -48,8 +51,11 @@ def test_every_supported_format_gives_32x32_rgb(fmt: str) -> None:
         ("I;16", 32896, (128, 128, 128)),
         ("I", 70000, (255, 255, 255)),
         ("I", 0, (0, 0, 0)),
+        ("I", 32896, (128, 128, 128)),
         ("F", 0.5, (128, 128, 128)),
         ("F", 7.0, (255, 255, 255)),
+        ("F", 1.5, (255, 255, 255)),
+        ("F", -0.5, (0, 0, 0)),
         ("RGBA", (10, 20, 30, 255), (10, 20, 30)),
         ("RGBA", (10, 20, 30, 0), (255, 255, 255)),
         ("LA", (0, 0), (255, 255, 255)),
@@ -61,6 +67,20 @@ def test_every_mode_follows_the_colour_rule(mode: str, value, expected) -> None:
 
     assert array.shape == (32, 32, 3)
     np.testing.assert_allclose(array.reshape(-1, 3).mean(axis=0), expected, atol=1)
+
+
+@pytest.mark.parametrize("mode", ["LA", "PA", "RGBa", "La"])
+def test_every_alpha_mode_is_blended_over_white(mode: str) -> None:
+    """Modes a decoder can hand over with alpha, premultiplied ones included: black at half
+    opacity is mid grey, at none it is the background."""
+    for alpha, expected in ((0, 255), (128, 127)):
+        image = (
+            Image.frombytes("La", (40, 40), bytes([0, alpha]) * 1600)  # Pillow cannot convert to it
+            if mode == "La"
+            else Image.new("RGBA", (40, 40), (0, 0, 0, alpha)).convert(mode)
+        )
+        array = to_model_input(image)
+        np.testing.assert_allclose(array.reshape(-1, 3).mean(axis=0), [expected] * 3, atol=1)
 
 
 def test_half_transparent_alpha_is_blended_over_white() -> None:
@@ -156,3 +176,10 @@ def test_wide_modes_are_shrunk_in_their_own_mode_and_keep_their_colour(mode: str
 
     expected = {"I;16": (128, 128, 128), "F": (128, 128, 128), "RGBA": (255, 127, 127)}[mode]
     np.testing.assert_allclose(array.reshape(-1, 3), [expected] * 1024, atol=1)
+
+
+def test_a_tiff_listing_more_strips_than_rows_is_refused_before_pillow_reads_them() -> None:
+    assert decode_image(tiff_with_strips(32), max_pixels=MAX).shape == (32, 32, 3)
+
+    with pytest.raises(CorruptImage, match="StripOffsets"):
+        open_image(tiff_with_strips(MAX_TIFF_TAG_VALUES + 1), max_pixels=MAX)

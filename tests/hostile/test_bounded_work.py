@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import tiff_with_strips
 from tests.servers import start_server, wait_until_healthy
 
 MAX_GROWTH_MB = 200
@@ -113,34 +114,6 @@ def one_huge_header() -> Iterator[bytes]:
     yield b"GET /health HTTP/1.1\r\nHost: x\r\nX-Huge: "
     for _ in range(1600):  # 100 MiB
         yield b"a" * 65536
-
-
-def tiff_with_strips(strips: int) -> bytes:
-    """A 32x32 grey TIFF whose directory lists `strips` strips (all the same row)."""
-    pixels = bytes(32 * 32)
-    offsets_at = 8 + len(pixels)
-    counts_at = offsets_at + 4 * strips
-    directory_at = counts_at + 4 * strips
-    entries = [
-        (256, 3, 1, 32),
-        (257, 3, 1, 32),
-        (258, 3, 1, 8),
-        (259, 3, 1, 1),
-        (262, 3, 1, 1),
-        (273, 4, strips, offsets_at),
-        (278, 3, 1, 1),
-        (279, 4, strips, counts_at),
-    ]
-    directory = struct.pack("<H", len(entries))
-    directory += b"".join(struct.pack("<HHII", *entry) for entry in entries) + bytes(4)
-    return (
-        b"II*\x00"
-        + struct.pack("<I", directory_at)
-        + pixels
-        + np.full(strips, 8, "<u4").tobytes()
-        + np.ones(strips, "<u4").tobytes()
-        + directory
-    )
 
 
 def saved(image: Image.Image, fmt: str, **options: object) -> bytes:
