@@ -154,10 +154,14 @@ def test_json_body_is_415(client) -> None:
     response = client.post("/predict", json={"files": ["a.png"]})
 
     assert_error(response, 415, "unsupported_media_type")
+    assert "'application/json'" in response.json()["error"]["message"]  # what it received
 
 
 def test_no_body_is_415(client) -> None:
-    assert_error(client.post("/predict"), 415, "unsupported_media_type")
+    response = client.post("/predict")
+
+    assert_error(response, 415, "unsupported_media_type")
+    assert "'no body'" in response.json()["error"]["message"]
 
 
 def test_multipart_without_boundary_is_400(client) -> None:

@@ -159,9 +159,11 @@ async def test_a_removed_version_is_unloaded_only_after_its_requests(tmp_path: P
         pinned = (await client.post("/predict?version=1", files={"files": image_bytes()})).json()
         assert pinned["version"] == 1
 
-        old = repository.acquire(1)  # a request still holding version 1
+        old = repository.acquire(1)  # two requests still holding version 1
+        assert repository.acquire(1) is old
         shutil.rmtree(model_dir / "1")
         await repository.poll()
+        repository.release(old)  # one of them is done; the other still holds it
 
         assert repository.versions == [2]
         gone = await client.post("/predict?version=1", files={"files": image_bytes()})
@@ -274,7 +276,7 @@ async def test_explicit_load_and_unload_through_the_repository_api(tmp_path: Pat
             assert (await client.get(probe)).status_code == 503, probe
         assert (await client.get("/v2/models/cifar10/ready")).status_code == 503
         refused = await client.post("/predict", files={"files": image_bytes()})
-        assert refused.status_code == 503
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "not_ready"
 
         assert (await client.post("/v2/repository/models/cifar10/load")).status_code == 200
         assert (await client.get("/v2/models/cifar10/versions/2/ready")).status_code == 200
