@@ -7,7 +7,8 @@ import zlib
 
 import pytest
 
-from tests.conftest import image_bytes
+from app.preprocessing import MAX_TIFF_TAG_VALUES
+from tests.conftest import image_bytes, tiff_directory
 
 
 @functools.cache
@@ -260,3 +261,13 @@ def test_documented_error_examples_are_real_error_bodies(client) -> None:
 def test_unknown_route_and_method_are_json(client) -> None:
     assert_error(client.get("/nope"), 404, "not_found")
     assert_error(client.get("/predict"), 405, "method_not_allowed")
+
+
+@pytest.mark.parametrize("layout", ["II", "MM", "II+", "MM+"])
+def test_a_tiff_listing_too_many_strips_is_400_whatever_its_layout(client, layout: str) -> None:
+    """BigTIFF directories used to raise struct.error in the strip guard: a 500."""
+    tiff = tiff_directory(layout, 273, MAX_TIFF_TAG_VALUES + 1)
+
+    response = client.post("/predict", files={"files": ("big.tif", tiff, "image/tiff")})
+
+    assert_error(response, 400, "corrupt_image", file="big.tif")

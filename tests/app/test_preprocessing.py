@@ -10,6 +10,7 @@ from app.preprocessing import (
     MAX_TIFF_TAG_VALUES,
     CorruptImage,
     EmptyImage,
+    ImageRejected,
     ImageTooLarge,
     UnsupportedImage,
     decode_image,
@@ -17,7 +18,7 @@ from app.preprocessing import (
     open_image,
     to_model_input,
 )
-from tests.conftest import tiff_with_strips
+from tests.conftest import tiff_directory, tiff_with_strips
 
 MAX = 50_000_000
 
@@ -183,3 +184,25 @@ def test_a_tiff_listing_more_strips_than_rows_is_refused_before_pillow_reads_the
 
     with pytest.raises(CorruptImage, match="StripOffsets"):
         open_image(tiff_with_strips(MAX_TIFF_TAG_VALUES + 1), max_pixels=MAX)
+
+
+@pytest.mark.parametrize("layout", ["II", "MM", "II+", "MM+"])
+@pytest.mark.parametrize(
+    ("tag", "name"),
+    [
+        (273, "StripOffsets"),
+        (279, "StripByteCounts"),
+        (324, "TileOffsets"),
+        (325, "TileByteCounts"),
+    ],
+)
+def test_the_strip_and_tile_guard_reads_every_tiff_layout(layout: str, tag: int, name: str):
+    """Classic and BigTIFF, both byte orders: one value past the limit is refused by name
+    before Pillow parses the directory; at the limit the guard lets Pillow judge the file."""
+    over = MAX_TIFF_TAG_VALUES + 1
+    with pytest.raises(CorruptImage, match=f"lists {over} {name}; at most"):
+        open_image(tiff_directory(layout, tag, over), max_pixels=MAX)
+
+    with pytest.raises(ImageRejected) as at_limit:  # this bare directory is no image either way
+        open_image(tiff_directory(layout, tag, MAX_TIFF_TAG_VALUES), max_pixels=MAX)
+    assert "at most" not in str(at_limit.value)
