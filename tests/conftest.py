@@ -212,15 +212,16 @@ def tiff_with_strips(strips: int) -> bytes:
 
 
 def tiff_directory(layout: str, tag: int, count: int) -> bytes:
-    """A TIFF whose first directory has one entry: `tag` with `count` values (and no data)."""
+    """A TIFF whose first directory has two entries, ImageWidth then `tag` with `count` values
+    (and no data behind them)."""
     order = "<" if layout.startswith("II") else ">"
     magic = {"II": b"II*\x00", "MM": b"MM\x00*", "II+": b"II+\x00", "MM+": b"MM\x00+"}[layout]
     if layout.endswith("+"):  # BigTIFF: 8-byte offsets and counts, 20-byte entries
         header = magic + struct.pack(order + "HHQ", 8, 0, 16)
-        directory = struct.pack(order + "QHHQQ", 1, tag, 16, count, 0)
+        directory = struct.pack(order + "QHHQQHHQQ", 2, 256, 4, 1, 32, tag, 16, count, 0)
     else:
         header = magic + struct.pack(order + "I", 8)
-        directory = struct.pack(order + "HHHII", 1, tag, 4, count, 0)
+        directory = struct.pack(order + "HHHIIHHII", 2, 256, 4, 1, 32, tag, 4, count, 0)
     return header + directory + bytes(8)
 
 

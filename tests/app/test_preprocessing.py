@@ -199,9 +199,10 @@ def test_a_tiff_listing_more_strips_than_rows_is_refused_before_pillow_reads_the
 def test_the_strip_and_tile_guard_reads_every_tiff_layout(layout: str, tag: int, name: str):
     """Classic and BigTIFF, both byte orders: one value past the limit is refused by name
     before Pillow parses the directory; at the limit the guard lets Pillow judge the file."""
-    over = MAX_TIFF_TAG_VALUES + 1
-    with pytest.raises(CorruptImage, match=f"lists {over} {name}; at most"):
-        open_image(tiff_directory(layout, tag, over), max_pixels=MAX)
+    # One past the limit, and a count that reads as negative if taken as signed.
+    for over in (MAX_TIFF_TAG_VALUES + 1, 2 ** (63 if layout.endswith("+") else 31) + 1):
+        with pytest.raises(CorruptImage, match=f"lists {over} {name}; at most"):
+            open_image(tiff_directory(layout, tag, over), max_pixels=MAX)
 
     with pytest.raises(ImageRejected) as at_limit:  # this bare directory is no image either way
         open_image(tiff_directory(layout, tag, MAX_TIFF_TAG_VALUES), max_pixels=MAX)
