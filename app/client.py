@@ -76,13 +76,23 @@ class Remote:
                     outcome.rows.append(_row(path, answer, body["model"], body["version"]))
                 return outcome
             error = body.get("error", {}) if isinstance(body, dict) else {}
-            culprit = error.get("file") if isinstance(error, dict) else None
+            if not isinstance(error, dict):
+                error = {}
+            if error.get("code") == "too_many_parts" and len(pending) > 1:
+                # More files than the service takes per request: send each half on its own.
+                half = len(pending) // 2
+                for part in (pending[:half], pending[half:]):
+                    more = self.classify(part)
+                    outcome.rows += more.rows
+                    outcome.errors += more.errors
+                return outcome
+            culprit = error.get("file")
             names = [str(p) for p in pending]
             if culprit in names:  # that file alone is refused; send the others again
                 outcome.errors.append((culprit, error.get("message", response.text)))
                 pending = [p for p in pending if str(p) != culprit]
                 continue
-            message = error.get("message") if isinstance(error, dict) else None
+            message = error.get("message")
             reason = f"HTTP {response.status_code}: {message or response.text[:200]}"
             outcome.errors += [(name, reason) for name in names]
             return outcome

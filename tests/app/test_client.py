@@ -84,3 +84,14 @@ def test_a_server_that_sheds_load_gets_every_image_after_retries(
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(rows(out.read_text())) == 96
     assert 'status="503"' in metrics  # it was shed, and the client came back
+
+
+def test_requests_larger_than_the_server_takes_are_split(
+    tiny_model_dir: Path, folder: Path
+) -> None:
+    images = sorted((folder / "b").glob("*.png"))[:40]
+    with serving(tiny_model_dir, MAX_IMAGES_PER_REQUEST="8") as port:
+        result = run_client(*map(str, images), "--url", f"http://127.0.0.1:{port}", "--batch", "40")
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [row["path"] for row in rows(result.stdout)] == [str(p) for p in images]
