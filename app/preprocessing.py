@@ -206,14 +206,15 @@ def _check_tiff_tags(data: bytes) -> None:
     (ifd,) = struct.unpack(order + offset, data[header_end - width : header_end])
     if ifd + width > len(data):
         return  # Pillow reports the broken header
-    (entries,) = struct.unpack(order + number, data[ifd : ifd + struct.calcsize(order + number)])
-    first = ifd + struct.calcsize(order + number)
+    # Standard sizes (the byte-order prefix): native "HHQ" would pad to 16 bytes.
+    counter, head = struct.Struct(order + number), struct.Struct(order + entry)
+    (entries,) = counter.unpack_from(data, ifd)
+    first = ifd + counter.size
     for index in range(min(entries, 4096)):
         start = first + size * index
         if start + size > len(data):
             return
-        head = struct.calcsize(order + entry)  # standard sizes: native "HHQ" pads to 16
-        tag, _, count = struct.unpack(order + entry, data[start : start + head])
+        tag, _, count = head.unpack_from(data, start)
         if tag in _TIFF_OFFSET_TAGS and count > MAX_TIFF_TAG_VALUES:
             raise CorruptImage(
                 f"the TIFF lists {count} {_TIFF_OFFSET_TAGS[tag]}; at most "
