@@ -119,9 +119,11 @@ class Local:
 
     def __init__(self, model_dir: Path, top_k: int) -> None:
         from app.model import load_classifier, resolve_version_dir
+        from app.settings import get_settings
 
         self.classifier = load_classifier(resolve_version_dir(model_dir))
         self.top_k = top_k
+        self.max_pixels = get_settings().max_image_pixels  # the service's own limit
 
     def classify(self, files: list[Path]) -> Outcome:
         import numpy as np
@@ -132,7 +134,7 @@ class Local:
         outcome, images, kept = Outcome(), [], []
         for path in files:
             try:
-                images.append(decode_image(path.read_bytes(), max_pixels=40_000_000))
+                images.append(decode_image(path.read_bytes(), max_pixels=self.max_pixels))
                 kept.append(path)
             except (ImageRejected, OSError) as exc:
                 outcome.errors.append((str(path), str(exc)))

@@ -115,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from app.backends import load_backend
     from app.preprocessing import decode_image
+    from app.settings import get_settings
     from training import hardware
     from training.data import load_dataset
 
@@ -125,7 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = metadata["labels"]
     scored: dict[str, Any] = {}
     photos = sample_photos()
-    inputs = np.stack([decode_image(data, max_pixels=40_000_000) for _, data in photos])
+    max_pixels = get_settings().max_image_pixels
+    inputs = np.stack([decode_image(data, max_pixels=max_pixels) for _, data in photos])
     answers: dict[str, np.ndarray] = {}
     for precision in servable_precisions(args.version_dir):
         backend = load_backend(args.version_dir, "openvino", precision)
