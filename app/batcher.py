@@ -6,7 +6,8 @@ the first request and, if other requests are already being decoded (`incoming`),
 lone request is not delayed. Up to `workers` batches run on the model at once, each on its own
 inference thread (Triton's instance count, TF Serving's num_batch_threads), and each request's
 future gets its own rows. A request cancelled before its batch starts (client gone, timeout)
-is dropped without being computed.
+is dropped without being computed. Each request's images carry its views threshold as a row of
+their own, so requests asking for different test-time views still share one model call.
 """
 
 import asyncio
@@ -21,7 +22,9 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-Infer = Callable[[np.ndarray], np.ndarray]
+# (images, views_below) -> probabilities; views_below holds one float per image, NaN for a
+# request that asked for nothing (the model's own threshold).
+Infer = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 class QueueFull(Exception):
@@ -36,6 +39,7 @@ class BatcherClosed(Exception):
 class _Request:
     images: np.ndarray
     future: asyncio.Future[np.ndarray]
+    views_below: float
     arrived: float = field(default_factory=time.monotonic)
 
 
@@ -118,8 +122,12 @@ class Batcher:
             await self._worker
         self._executor.shutdown(wait=True)
 
-    def submit(self, images: np.ndarray) -> asyncio.Future[np.ndarray]:
-        """Queue one request's images; the future resolves to their probabilities, in order."""
+    def submit(
+        self, images: np.ndarray, views_below: float | None = None
+    ) -> asyncio.Future[np.ndarray]:
+        """Queue one request's images; the future resolves to their probabilities, in order.
+        `views_below`: the request's views threshold (Classifier.views_below); None: the
+        model's own."""
         count = len(images)
         if self._closed:
             raise BatcherClosed("the service is shutting down")
@@ -128,7 +136,8 @@ class Batcher:
         if self._queued_images + count > self._max_queue_images:
             raise QueueFull(f"{self._queued_images} images are already waiting")
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Request(images, future))
+        threshold = np.nan if views_below is None else views_below
+        self._queue.put_nowait(_Request(images, future, threshold))
         self._count_queued(count)
         return future
 
@@ -190,10 +199,13 @@ class Batcher:
         if not batch:
             return
         images = np.concatenate([request.images for request in batch])
+        views_below = np.concatenate(
+            [np.full(len(request.images), request.views_below, np.float32) for request in batch]
+        )
         started = time.monotonic()
         try:
             loop = asyncio.get_running_loop()
-            outputs = await loop.run_in_executor(self._executor, self._infer, images)
+            outputs = await loop.run_in_executor(self._executor, self._infer, images, views_below)
             if len(outputs) != len(images):
                 raise RuntimeError(f"model returned {len(outputs)} rows for {len(images)} images")
         except Exception as exc:

@@ -7,9 +7,16 @@ live here once, so a model that breaks them is refused with the same words on ev
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
+# Optional second input of a model with adaptive views: per image, the one-view confidence below
+# which the graph adds the other test-time views (0: one view, inf: every view).
+VIEWS_INPUT = "all_views_below"
+# What a request may ask of such a model: `auto` the other views only below the version's
+# threshold, `one` never (one pass per image), `all` always.
+Views = Literal["auto", "one", "all"]
 SIGNATURE = "serving_default"
 # The INT8 model NNCF quantized from the SavedModel (training.quantize), inside the version
 # folder; only the openvino backend reads it.
@@ -47,11 +54,19 @@ class Signature:
 
 
 def check_signature(version_dir: Path, signature: Signature, num_labels: int) -> tuple[int, int]:
-    """Enforce the contract: `images` uint8 [None, H, W, 3] in, `probabilities` float32 out;
-    returns (height, width)."""
-    if set(signature.inputs) != {INPUT_NAME}:
+    """Enforce the contract: `images` uint8 [None, H, W, 3] in (and optionally `all_views_below`
+    float32 [None]), `probabilities` float32 out; returns (height, width)."""
+    if set(signature.inputs) not in ({INPUT_NAME}, {INPUT_NAME, VIEWS_INPUT}):
         raise ModelLoadError(
-            version_dir, f"signature inputs are {sorted(signature.inputs)}, not ['images']"
+            version_dir,
+            f"signature inputs are {sorted(signature.inputs)}, not ['images'] "
+            f"or ['{VIEWS_INPUT}', 'images']",
+        )
+    views = signature.inputs.get(VIEWS_INPUT)
+    if views is not None and (views.dtype != "float32" or views.shape not in ((None,), None)):
+        raise ModelLoadError(
+            version_dir,
+            f"input '{VIEWS_INPUT}' is {views.dtype} {views.shape}, not float32 [None]",
         )
     spec = signature.inputs[INPUT_NAME]
     shape = list(spec.shape) if spec.shape is not None else None

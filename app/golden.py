@@ -2,16 +2,22 @@
 
 The export writes `golden.npz` (test images and TensorFlow's probabilities for them) into each
 version; a backend that converts, lowers or quantizes the graph (OpenVINO; bf16, int8) proves
-here that it still computes the same model.
+here that it still computes the same model. A version with adaptive views holds the answers of
+both of its paths, every view and one view: an image near the threshold may take either path in
+a lower precision, so the adaptive answer itself would not be a fair reference.
 """
 
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from app.contract import ModelLoadError, error_detail
+
+if TYPE_CHECKING:
+    from app.backends import Backend
 
 GOLDEN_FILE = "golden.npz"
 
@@ -52,7 +58,22 @@ class GoldenResult:
 class GoldenSet:
     version_dir: Path
     images: np.ndarray  # uint8 (K, H, W, 3)
-    probabilities: np.ndarray  # float32 (K, num_labels)
+    probabilities: np.ndarray  # float32 (K, num_labels), every view
+    one_view: np.ndarray | None = None  # float32 (K, num_labels); models with adaptive views
+
+    def check(self, runtime: "Backend", precision: str) -> GoldenResult:
+        """Run the golden images through `runtime` on every path the golden set holds."""
+        result = self.compare(runtime.predict(self.images), precision)
+        if self.one_view is None:
+            return result
+        no_more_views = np.zeros(len(self.images), np.float32)
+        one = compare(runtime.predict(self.images, no_more_views), self.one_view, precision)
+        return GoldenResult(
+            images=result.images + one.images,
+            top1_mismatches=result.top1_mismatches + one.top1_mismatches,
+            max_abs_diff=float(np.max([result.max_abs_diff, one.max_abs_diff])),  # NaN stays NaN
+            tolerance=result.tolerance,
+        )
 
     def compare(self, probabilities: np.ndarray, precision: str) -> GoldenResult:
         """Judge a runtime's `probabilities` for `self.images` at the tolerance of `precision`."""
@@ -85,6 +106,7 @@ def read_golden(version_dir: Path, height: int, width: int, num_labels: int) -> 
     try:
         with np.load(path) as data:  # allow_pickle stays False: a golden set holds only arrays
             images, probabilities = data["images"], data["probabilities"]
+            one_view = data["one_view"] if "one_view" in data.files else None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise ModelLoadError(
             version_dir, f"golden.npz is unreadable ({error_detail(exc)})"
@@ -95,6 +117,7 @@ def read_golden(version_dir: Path, height: int, width: int, num_labels: int) -> 
         or images.shape != (count, height, width, 3)
         or count == 0
         or probabilities.shape != (count, num_labels)
+        or (one_view is not None and one_view.shape != probabilities.shape)
     ):
         raise ModelLoadError(
             version_dir,
@@ -102,4 +125,9 @@ def read_golden(version_dir: Path, height: int, width: int, num_labels: int) -> 
             f"{list(probabilities.shape)}, not uint8 [K, {height}, {width}, 3] and "
             f"[K, {num_labels}]",
         )
-    return GoldenSet(version_dir, images, probabilities.astype(np.float32))
+    return GoldenSet(
+        version_dir,
+        images,
+        probabilities.astype(np.float32),
+        None if one_view is None else one_view.astype(np.float32),
+    )

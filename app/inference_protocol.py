@@ -93,6 +93,7 @@ class InferenceResponse(BaseModel):
     model_name: str
     model_version: str
     id: str | None = None
+    parameters: dict[str, Any] | None = None
     outputs: list[ResponseOutput]
 
 

@@ -8,6 +8,7 @@ so the slim image serves without TensorFlow. No Keras or training code is needed
 import functools
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from app.backends import (
     native_precisions,
     resolve_backend,
 )
-from app.contract import ModelLoadError, check_signature, is_version_name
+from app.contract import VIEWS_INPUT, ModelLoadError, Views, check_signature, is_version_name
 from app.golden import GoldenResult, read_golden
 from app.precision import plan as precision_plan
 
@@ -97,9 +98,30 @@ class Classifier:
         chose it on the test set; 0 (never) for a version without that record."""
         return float(self.metadata.get("uncertainty", {}).get("threshold", 0.0))
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        """(N, H, W, 3) uint8 -> (N, num_labels) float32; blocking, call it off the event loop."""
-        return self._runtime.predict(images)
+    @property
+    def adaptive(self) -> bool:
+        """Whether the graph adds test-time views only for the images it is unsure of; a
+        version without that input serves its fixed views whatever a request asks."""
+        return VIEWS_INPUT in self._runtime.signature.inputs
+
+    def views_below(self, views: Views) -> float:
+        """The one-view confidence below which an image gets every view: `one` never, `all`
+        always, `auto` the version's own (metadata `serving.views`, chosen on validation)."""
+        if views == "one":
+            return 0.0
+        if views == "all":
+            return math.inf
+        return float(self.metadata.get("serving", {}).get("views", {}).get("all_views_below", 0))
+
+    def predict(self, images: np.ndarray, views_below: np.ndarray | None = None) -> np.ndarray:
+        """(N, H, W, 3) uint8 -> (N, num_labels) float32; blocking, call it off the event loop.
+        `views_below`: per image, as `views_below()` gives it; None or NaN: `auto`."""
+        if not self.adaptive:
+            return self._runtime.predict(images)
+        own = np.float32(self.views_below("auto"))
+        if views_below is None:
+            return self._runtime.predict(images, np.full(len(images), own, np.float32))
+        return self._runtime.predict(images, np.where(np.isnan(views_below), own, views_below))
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
         """Run the graph once per batch size so the first real request pays no set-up cost."""
@@ -140,9 +162,7 @@ def load_classifier(
         runtime = load_backend(version_dir, name, candidate, threads)
         height, width = check_signature(version_dir, runtime.signature, len(labels))
         golden = golden_at(height, width)
-        result = (
-            None if golden is None else golden.compare(runtime.predict(golden.images), candidate)
-        )
+        result = None if golden is None else golden.check(runtime, candidate)
         if result is None or result.passed:
             break
         failure = f"{name} {candidate} does not reproduce golden.npz: {result}"

@@ -1,6 +1,6 @@
 """The API's request and response shapes: the single source of truth for OpenAPI."""
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -38,6 +38,7 @@ class PredictResponse(BaseModel):
                     "model": "cifar10",
                     "version": 1,
                     "uncertain_below": 0.63,
+                    "views": "auto",
                     "predictions": [
                         {
                             "filename": "cat.png",
@@ -73,6 +74,10 @@ class PredictResponse(BaseModel):
     uncertain_below: float = Field(
         description="The confidence below which an answer is flagged `uncertain` in this "
         "response: the request's, else UNCERTAIN_BELOW, else the version's own."
+    )
+    views: Literal["auto", "one", "all", "fixed"] = Field(
+        description="The test-time views that answered: the request's `views`, else the VIEWS "
+        "setting; `fixed` for a version whose views do not adapt."
     )
     predictions: list[Prediction] = Field(description="One result per uploaded file, in order.")
 

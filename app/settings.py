@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.backends import BackendChoice, PrecisionChoice
+from app.contract import Views
 from app.cpu import available_cpus
 from app.version_policy import VersionPolicy
 
@@ -87,6 +88,13 @@ class Settings(BaseSettings):
         "(a request may say ?uncertain_below=). Unset: the served version's own threshold "
         "(metadata.json `uncertainty`: the lowest confidence at which its answered test images "
         "are >= 99 % right), or 0 (never) for a version without one.",
+    )
+    views: Views = Field(
+        "auto",
+        description="Test-time views for a request that does not say (?views=): `auto` adds "
+        "the other views only for images the model is unsure of (the version's threshold), "
+        "`one` computes one view per image, `all` every view. A version without adaptive "
+        "views serves its fixed views.",
     )
     request_timeout_s: float = Field(
         30.0,
@@ -181,7 +189,8 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         None,
         description="The inference key: when set, /predict, /explain, /model and the /v2 "
-        "models API require it in the X-API-Key header (health, metrics and the page do not).",
+        "models API require it in the X-API-Key header (health, GET /v2, the docs and the page "
+        "do not, nor /metrics unless PROTECT_DETAILS).",
     )
     protect_details: bool = Field(
         False,

@@ -24,9 +24,19 @@ class Backend(Protocol):
     precision: Precision  # what the runtime computes in
     signature: Signature  # inputs and outputs as the runtime sees them, for the contract check
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        """(N, H, W, 3) uint8 -> (N, num_labels) float32; blocking and thread-safe."""
+    def predict(self, images: np.ndarray, views_below: np.ndarray | None = None) -> np.ndarray:
+        """(N, H, W, 3) uint8 -> (N, num_labels) float32; blocking and thread-safe.
+        `views_below` (N,) float32 feeds a model with adaptive views (None: every view);
+        a model without that input ignores it."""
         ...
+
+
+def all_views_unless(views_below: np.ndarray | None, count: int) -> np.ndarray:
+    """What a model with adaptive views is fed: the thresholds given, else every view (the
+    answer golden.npz holds)."""
+    if views_below is None:
+        return np.full(count, np.inf, np.float32)
+    return np.ascontiguousarray(views_below, np.float32)
 
 
 def installed(module: str) -> bool:

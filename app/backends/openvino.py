@@ -16,11 +16,12 @@ import openvino as ov
 import openvino.properties as props
 import openvino.properties.hint as hints
 
-from app.backends import Precision
+from app.backends import Precision, all_views_unless
 from app.contract import (
     INPUT_NAME,
     INT8_MODEL,
     OUTPUT_NAME,
+    VIEWS_INPUT,
     ModelLoadError,
     Signature,
     TensorInfo,
@@ -91,7 +92,10 @@ class OpenVINOBackend:
         # An infer request runs one call at a time; the batcher may call from several threads.
         self._requests: queue.SimpleQueue[ov.InferRequest] = queue.SimpleQueue()
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
+    def predict(self, images: np.ndarray, views_below: np.ndarray | None = None) -> np.ndarray:
+        inputs = {INPUT_NAME: np.ascontiguousarray(images)}
+        if VIEWS_INPUT in self.signature.inputs:
+            inputs[VIEWS_INPUT] = all_views_unless(views_below, len(images))
         try:
             request = self._requests.get_nowait()
         except queue.Empty:
@@ -99,7 +103,7 @@ class OpenVINOBackend:
         try:
             # share_outputs=False (the default) copies the result out of the request's buffer,
             # so the request can go back to the pool.
-            result = request.infer({INPUT_NAME: np.ascontiguousarray(images)}, share_inputs=True)
+            result = request.infer(inputs, share_inputs=True)
             return result[OUTPUT_NAME]
         finally:
             self._requests.put(request)

@@ -9,10 +9,12 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from app.backends import all_views_unless
 from app.contract import (
     INPUT_NAME,
     OUTPUT_NAME,
     SIGNATURE,
+    VIEWS_INPUT,
     ModelLoadError,
     Signature,
     TensorInfo,
@@ -45,8 +47,11 @@ class TensorFlowBackend:
         self._signature = signatures[SIGNATURE]
         self.signature = _describe(self._signature)
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        outputs = self._signature(**{INPUT_NAME: tf.constant(images, dtype=tf.uint8)})
+    def predict(self, images: np.ndarray, views_below: np.ndarray | None = None) -> np.ndarray:
+        inputs = {INPUT_NAME: tf.constant(images, dtype=tf.uint8)}
+        if VIEWS_INPUT in self.signature.inputs:
+            inputs[VIEWS_INPUT] = tf.constant(all_views_unless(views_below, len(images)))
+        outputs = self._signature(**inputs)
         return outputs[OUTPUT_NAME].numpy()
 
 

@@ -8,7 +8,7 @@ the same decoding. Errors are the protocol's `{"error": "..."}` (see app.errors)
 import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import numpy as np
 from fastapi import APIRouter, Path, Request, Response
@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 
 from app import inference_protocol as oip
 from app import openapi, serving
-from app.contract import is_version_name
+from app.contract import Views, is_version_name
 from app.deps import DecodePoolDep, RepositoryDep, SettingsDep, serving_ready
 from app.errors import ApiError
 from app.inference_protocol import (
@@ -185,18 +185,21 @@ async def infer(
     with _hold(repository, name, version) as served:
         classifier, batcher = served.classifier, served.batcher
         outputs = _requested_outputs(parsed, len(classifier.labels))
+        views = serving.resolve_views(_requested_views(parsed), settings.views, classifier)
         images, probabilities = await serving.classify(
             request,
             batcher,
             _input_images(parsed, chunks, classifier, settings, decode_pool),
             deadline,
             settings.request_timeout_s,
+            views_below=views and classifier.views_below(views),
         )
         request.state.images = len(images)
         response = InferenceResponse(
             model_name=classifier.name,
             model_version=str(classifier.version),
             id=parsed.id,
+            parameters={"views": views or "fixed"},
             outputs=[],
         )
         tensors: dict[str, tuple[np.ndarray | list[bytes], bool]] = {}
@@ -254,6 +257,18 @@ def _requested_outputs(request: InferenceRequest, labels: int) -> list[RequestOu
             400, "invalid_inference_request", f"classification must be an integer 0..{labels}"
         )
     return outputs
+
+
+def _requested_views(request: InferenceRequest) -> Views | None:
+    """The request parameter `views` (as /predict's ?views=), checked."""
+    views = request.parameters.get("views")
+    if views is not None and views not in get_args(Views):
+        raise ApiError(
+            400,
+            "invalid_inference_request",
+            f"parameter views is {views!r}; it takes one of {', '.join(get_args(Views))}",
+        )
+    return views
 
 
 async def _input_images(

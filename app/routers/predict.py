@@ -61,6 +61,7 @@ async def predict(
     settings: SettingsDep,
     top_k: serving.TopK = None,
     uncertain_below: serving.UncertainBelow = None,
+    views: serving.ViewsAsked = None,
 ) -> PredictResponse:
     """Classify uploaded images; all images of one request go through the model as one batch."""
     deadline = asyncio.get_running_loop().time() + settings.request_timeout_s
@@ -69,15 +70,22 @@ async def predict(
     threshold = serving.resolve_uncertain_below(
         uncertain_below, settings.uncertain_below, classifier.uncertain_below
     )
+    served_views = serving.resolve_views(views, settings.views, classifier)
     names = serving.filenames(files)
     decoding = serving.decode_all(files, names, classifier, settings.max_image_pixels, decode_pool)
     _, probabilities = await serving.classify(
-        request, batcher, decoding, deadline, settings.request_timeout_s
+        request,
+        batcher,
+        decoding,
+        deadline,
+        settings.request_timeout_s,
+        views_below=served_views and classifier.views_below(served_views),
     )
     return PredictResponse(
         model=classifier.name,
         version=classifier.version,
         uncertain_below=threshold,
+        views=served_views or "fixed",
         predictions=[
             serving.prediction(name, row, classifier.labels, k, threshold)
             for name, row in zip(names, probabilities, strict=True)

@@ -12,7 +12,7 @@ from tests.conftest import until
 pytestmark = pytest.mark.anyio
 
 
-def row_sums(images: np.ndarray) -> np.ndarray:
+def row_sums(images: np.ndarray, views_below: np.ndarray | None = None) -> np.ndarray:
     """A stand-in model whose output identifies its input: one row per image."""
     return images.reshape(len(images), -1).sum(axis=1, keepdims=True).astype(np.float64)
 
@@ -29,7 +29,7 @@ class Gate:
         self.started = threading.Event()
         self.batches: list[int] = []
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
+    def __call__(self, images: np.ndarray, views_below: np.ndarray) -> np.ndarray:
         self.batches.append(len(images))
         self.started.set()
         self.release.wait(timeout=10)
@@ -53,6 +53,29 @@ async def test_concurrent_requests_share_one_call_and_get_their_own_rows() -> No
 
     assert [r.ravel().tolist() for r in results] == [[12.0], [24.0] * 3, [36.0] * 2]
     assert [(s.requests, s.images) for s in stats] == [(3, 6)]
+
+
+async def test_requests_asking_for_different_views_share_one_call_row_by_row() -> None:
+    """Each image carries its request's views threshold into the shared call; NaN where the
+    request asked for nothing (the model's own)."""
+    seen: list[np.ndarray] = []
+
+    def infer(images: np.ndarray, views_below: np.ndarray) -> np.ndarray:
+        seen.append(views_below.copy())
+        return views_below[:, None].astype(np.float64)  # each row answers with its threshold
+
+    batcher = make(infer)
+    asked = [(None, 2), (0.0, 1), (np.inf, 3), (0.5, 1)]
+    futures = [batcher.submit(images_of(1, count), views) for views, count in asked]
+    batcher.start()  # all four are queued: one batch
+    results = await asyncio.gather(*futures)
+    await batcher.stop()
+
+    assert len(seen) == 1
+    np.testing.assert_array_equal(seen[0], [np.nan] * 2 + [0.0] + [np.inf] * 3 + [0.5])
+    for (views, count), rows in zip(asked, results, strict=True):
+        expected = np.nan if views is None else views
+        np.testing.assert_array_equal(rows.ravel(), [expected] * count)
 
 
 async def test_batches_never_exceed_the_size_and_never_split_a_request() -> None:
@@ -122,7 +145,7 @@ async def test_stop_answers_every_queued_request_then_refuses(workers: int) -> N
 
 
 async def test_a_failing_batch_fails_each_of_its_requests() -> None:
-    def broken(images: np.ndarray) -> np.ndarray:
+    def broken(images: np.ndarray, views_below: np.ndarray) -> np.ndarray:
         return row_sums(images)[:-1]  # one row short
 
     batcher = make(broken)
@@ -137,7 +160,7 @@ async def test_a_failing_batch_fails_each_of_its_requests() -> None:
 async def test_two_workers_compute_two_batches_at_once() -> None:
     both_inside = threading.Barrier(2, timeout=10)  # passes only if two calls overlap
 
-    def infer(images: np.ndarray) -> np.ndarray:
+    def infer(images: np.ndarray, views_below: np.ndarray) -> np.ndarray:
         both_inside.wait()
         return row_sums(images)
 
@@ -157,7 +180,7 @@ async def test_no_more_batches_run_at_once_than_workers(workers: int) -> None:
     # synchronisation, not by a sleep; a batcher running more at once would raise `most`.
     together = threading.Barrier(workers, timeout=30)
 
-    def infer(images: np.ndarray) -> np.ndarray:
+    def infer(images: np.ndarray, views_below: np.ndarray) -> np.ndarray:
         nonlocal inside, most
         with lock:
             inside += 1

@@ -58,13 +58,13 @@ class GatedModel:
         self.started = threading.Event()
         self.batches: list[int] = []
 
-    def __call__(self, classifier: Classifier, images: np.ndarray) -> np.ndarray:
+    def __call__(self, classifier: Classifier, images: np.ndarray, views_below=None) -> np.ndarray:
         if not self.armed:
-            return self.predict(classifier, images)
+            return self.predict(classifier, images, views_below)
         self.batches.append(len(images))
         self.started.set()
         assert self.release.wait(timeout=60), "the test never released the model"
-        return self.predict(classifier, images)
+        return self.predict(classifier, images, views_below)
 
 
 @pytest.fixture
@@ -73,8 +73,8 @@ def gated(monkeypatch: pytest.MonkeyPatch) -> GatedModel:
     the settings under test) computes only when the test says."""
     gate = GatedModel(Classifier.predict)
 
-    def predict(classifier: Classifier, images: np.ndarray) -> np.ndarray:  # a method again
-        return gate(classifier, images)
+    def predict(classifier: Classifier, images: np.ndarray, views_below=None) -> np.ndarray:
+        return gate(classifier, images, views_below)  # a method again
 
     monkeypatch.setattr(Classifier, "predict", predict)
     return gate

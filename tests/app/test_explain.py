@@ -285,11 +285,11 @@ async def test_explain_beyond_its_slots_gets_503_while_predict_is_served(
     release, entered, armed = threading.Event(), threading.Event(), threading.Event()
     predict = Classifier.predict
 
-    def gated(classifier: Classifier, images):
+    def gated(classifier: Classifier, images, views_below=None):
         if armed.is_set() and len(images) >= 50:  # an /explain batch, not the warm-up: hold it
             entered.set()
             assert release.wait(60), "never released"
-        return predict(classifier, images)
+        return predict(classifier, images, views_below)
 
     monkeypatch.setattr(Classifier, "predict", gated)
     settings = Settings(

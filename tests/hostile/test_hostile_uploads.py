@@ -50,11 +50,11 @@ async def test_health_answers_while_the_corpus_is_in_flight(
     predict = Classifier.predict
     armed = False
 
-    def gated(classifier: Classifier, images):
+    def gated(classifier: Classifier, images, views_below=None):
         if armed:
             entered.set()
             assert held.wait(60), "never released"
-        return predict(classifier, images)
+        return predict(classifier, images, views_below)
 
     monkeypatch.setattr(Classifier, "predict", gated)
     app = create_app(Settings(model_dir=tiny_model_dir))
