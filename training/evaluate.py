@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.export import INPUT_NAME, OUTPUT_NAME, SIGNATURE_KEY, read_metadata
+from training.export import INPUT_NAME, OUTPUT_NAME, SIGNATURE_KEY, VIEWS_INPUT, read_metadata
 
 
 @dataclass(frozen=True)
@@ -26,17 +26,29 @@ class Evaluation:
 
 
 def predict_probabilities(
-    version_dir: Path, images: np.ndarray, batch_size: int = 1000
+    version_dir: Path,
+    images: np.ndarray,
+    batch_size: int = 1000,
+    views_below: float | None = None,
 ) -> np.ndarray:
-    """Probabilities from the SavedModel's serving signature, fed uint8 like the app feeds it."""
+    """Probabilities from the SavedModel's serving signature, fed uint8 like the app feeds it:
+    a model with adaptive views gets `views_below` for every image, by default its own
+    threshold (metadata.json `serving.views`)."""
     import tensorflow as tf
 
     signature = tf.saved_model.load(str(version_dir)).signatures[SIGNATURE_KEY]
+    adaptive = VIEWS_INPUT in signature.structured_input_signature[1]
+    if adaptive and views_below is None:
+        views_below = read_metadata(version_dir)["serving"]["views"]["all_views_below"]
+
+    def call(batch: np.ndarray) -> np.ndarray:
+        feed = {INPUT_NAME: tf.constant(batch, tf.uint8)}
+        if adaptive:
+            feed[VIEWS_INPUT] = tf.fill([len(batch)], tf.constant(views_below, tf.float32))
+        return signature(**feed)[OUTPUT_NAME].numpy()
+
     outputs = [
-        signature(**{INPUT_NAME: tf.constant(images[start : start + batch_size], tf.uint8)})[
-            OUTPUT_NAME
-        ].numpy()
-        for start in range(0, len(images), batch_size)
+        call(images[start : start + batch_size]) for start in range(0, len(images), batch_size)
     ]
     return np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import platform
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-SIGNATURE_KEY = "serving_default"
-INPUT_NAME = "images"
-OUTPUT_NAME = "probabilities"
+from app.contract import INPUT_NAME, OUTPUT_NAME, VIEWS_INPUT
+from app.contract import SIGNATURE as SIGNATURE_KEY
+
 METADATA_FILE = "metadata.json"
 GOLDEN_FILE = "golden.npz"
 GOLDEN_SIZE = 64  # test images in golden.npz
@@ -67,25 +68,51 @@ def float32_twin(model: keras.Model) -> keras.Model:
     return twin
 
 
-def view_logits(model: keras.Model, pixels: tf.Tensor, tta_level: int = 0) -> tf.Tensor:
+@dataclass(frozen=True)
+class AdaptiveViews:
+    """One view first; the other test-time views only for images whose one-view confidence
+    (softmax of its logits / `one_view_temperature`) is below the request's threshold, by
+    default `all_views_below` (training.views chooses both on the validation split)."""
+
+    all_views_below: float
+    one_view_temperature: float
+
+
+def reflect_pad(pixels: tf.Tensor) -> tf.Tensor:
+    """Reflect-pad height and width by one pixel: tf.pad's REFLECT, written so that it also
+    takes an empty batch (tf.pad checks the batch dimension against its padding)."""
+    rows = tf.concat([pixels[:, 1:2], pixels, pixels[:, -2:-1]], axis=1)
+    return tf.concat([rows[:, :, 1:2], rows, rows[:, :, -2:-1]], axis=2)
+
+
+def view_logits(
+    model: keras.Model,
+    pixels: tf.Tensor,
+    tta_level: int = 0,
+    identity_logits: tf.Tensor | None = None,
+) -> tf.Tensor:
     """The model's logits averaged over the test-time views of `pixels` (float 0..255, NHWC).
 
     Level 0: the image. Level 1: the mean of the image and its mirror. Level 2 (airbench's
     multi-crop): half level 1, half the level-1 mean of two copies shifted one pixel up-left and
-    down-right (reflect-padded): 6 views. All views go through the model as one batch. A model
+    down-right (reflect-padded): 6 views. All views go through the model as one batch; with
+    `identity_logits` (the image's own view, computed already) all but that one. A model
     ending in a softmax gives log-probabilities instead, which differ from logits by a constant
     per image and so average and scale the same way.
     """
     views = [pixels]
     if tta_level >= 2:
-        padded = tf.pad(pixels, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
+        padded = reflect_pad(pixels)
         views += [padded[:, :-2, :-2], padded[:, 2:, 2:]]
     if tta_level >= 1:
         views += [tf.reverse(view, axis=[2]) for view in views]
-    outputs = tf.cast(model(tf.concat(views, axis=0), training=False), tf.float32)
+    computed = views if identity_logits is None else views[1:]
+    outputs = tf.cast(model(tf.concat(computed, axis=0), training=False), tf.float32)
     if emits_probabilities(model):
         outputs = tf.math.log(tf.maximum(outputs, 1e-30))
-    per_view = tf.split(outputs, len(views), axis=0)
+    per_view = tf.split(outputs, len(computed), axis=0)
+    if identity_logits is not None:
+        per_view = [identity_logits, *per_view]
     if tta_level == 0:
         return per_view[0]
     mirror_means = [
@@ -96,6 +123,33 @@ def view_logits(model: keras.Model, pixels: tf.Tensor, tta_level: int = 0) -> tf
     return 0.5 * mirror_means[0] + 0.25 * (mirror_means[1] + mirror_means[2])
 
 
+def adaptive_probabilities(
+    model: keras.Model,
+    pixels: tf.Tensor,
+    all_views_below: tf.Tensor,
+    tta_level: int,
+    temperature: float,
+    views: AdaptiveViews,
+) -> tf.Tensor:
+    """One view for every image; every view for the images whose one-view confidence is below
+    their `all_views_below`, each path with its own fitted temperature. The extra views run on
+    those images only (a gather, a second model call, a scatter), and not at all when none
+    needs them: a CPU pays for what the unsure images need."""
+    one = view_logits(model, pixels, 0)
+    answers = tf.nn.softmax(one / views.one_view_temperature, axis=-1)
+    unsure = tf.where(tf.reduce_max(answers, axis=-1) < all_views_below)  # (K, 1) indices
+
+    def with_every_view() -> tf.Tensor:
+        logits = view_logits(
+            model, tf.gather_nd(pixels, unsure), tta_level, tf.gather_nd(one, unsure)
+        )
+        return tf.tensor_scatter_nd_update(
+            answers, unsure, tf.nn.softmax(logits / temperature, axis=-1)
+        )
+
+    return tf.cond(tf.size(unsure) > 0, with_every_view, lambda: answers)
+
+
 def export_model(
     model: keras.Model,
     version_dir: Path,
@@ -104,6 +158,7 @@ def export_model(
     metadata: dict[str, Any],
     tta_level: int = 0,
     temperature: float = 1.0,
+    views: AdaptiveViews | None = None,
 ) -> None:
     """Write `version_dir` as a SavedModel with the `serving_default` signature plus metadata.json.
 
@@ -111,6 +166,7 @@ def export_model(
     it trained under (`float32_twin`). The signature serves
     softmax(view_logits(model, images, tta_level) / temperature): the test-time augmentation and
     the fitted temperature are part of the graph, so every runtime serves the same probabilities.
+    With `views`, the signature takes `all_views_below` too (adaptive_probabilities).
     """
     model = float32_twin(model)
     height, width, channels = (int(d) for d in model.input_shape[1:])
@@ -121,18 +177,32 @@ def export_model(
         raise ValueError(f"tta_level must be one of {TTA_LEVELS}, got {tta_level}")
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
+    if views is not None and tta_level == 0:
+        raise ValueError("adaptive views need more than one view (tta_level 1 or 2)")
+    images_spec = tf.TensorSpec([None, height, width, channels], tf.uint8, name=INPUT_NAME)
 
     def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
         logits = view_logits(model, tf.cast(images, tf.float32), tta_level)
         return {OUTPUT_NAME: tf.nn.softmax(logits / temperature, axis=-1)}
 
+    def serve_adaptive(images: tf.Tensor, all_views_below: tf.Tensor) -> dict[str, tf.Tensor]:
+        pixels = tf.cast(images, tf.float32)
+        return {
+            OUTPUT_NAME: adaptive_probabilities(
+                model, pixels, all_views_below, tta_level, temperature, views
+            )
+        }
+
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(
-        name=SIGNATURE_KEY,
-        fn=serve,
-        input_signature=[tf.TensorSpec([None, height, width, channels], tf.uint8, name=INPUT_NAME)],
-    )
+    if views is None:
+        archive.add_endpoint(name=SIGNATURE_KEY, fn=serve, input_signature=[images_spec])
+    else:
+        archive.add_endpoint(
+            name=SIGNATURE_KEY,
+            fn=serve_adaptive,
+            input_signature=[images_spec, tf.TensorSpec([None], tf.float32, name=VIEWS_INPUT)],
+        )
     version_dir = Path(version_dir)
     archive.write_out(str(version_dir), verbose=False)
 
@@ -144,21 +214,41 @@ def export_model(
             "tta_level": tta_level,
             "forward_passes_per_image": TTA_VIEWS[tta_level],
             "temperature": round(float(temperature), 4),
+            **({} if views is None else {"views": views_record(views, tta_level)}),
         },
         "versions": library_versions(),
     }
     write_metadata(version_dir, full)
 
 
+def views_record(views: AdaptiveViews, tta_level: int) -> dict[str, Any]:
+    """metadata.json's `serving.views`: what the app feeds by default and what it costs."""
+    return {
+        "policy": "adaptive",
+        "all_views_below": round(float(views.all_views_below), 4),
+        "one_view_temperature": round(float(views.one_view_temperature), 4),
+        "passes": {"one": 1, "all": TTA_VIEWS[tta_level]},
+    }
+
+
 def write_golden(version_dir: Path, images: np.ndarray) -> Path:
     """golden.npz: `images` and the exported signature's `probabilities` for them, so any
     runtime that serves this version can check itself against TensorFlow at load
-    (docs/model-contract.md)."""
+    (docs/model-contract.md); with adaptive views, every view's answers and one view's
+    (`one_view`)."""
     images = np.ascontiguousarray(images, dtype=np.uint8)
     signature = tf.saved_model.load(str(version_dir)).signatures[SIGNATURE_KEY]
-    probabilities = signature(**{INPUT_NAME: tf.constant(images)})[OUTPUT_NAME].numpy()
+    answers: dict[str, np.ndarray] = {}
+    if VIEWS_INPUT in signature.structured_input_signature[1]:
+        for key, threshold in (("probabilities", np.inf), ("one_view", 0.0)):
+            thresholds = tf.fill([len(images)], tf.constant(threshold, tf.float32))
+            feed = {INPUT_NAME: tf.constant(images), VIEWS_INPUT: thresholds}
+            answers[key] = signature(**feed)[OUTPUT_NAME].numpy().astype(np.float32)
+    else:
+        feed = {INPUT_NAME: tf.constant(images)}
+        answers["probabilities"] = signature(**feed)[OUTPUT_NAME].numpy().astype(np.float32)
     path = Path(version_dir) / GOLDEN_FILE
-    np.savez_compressed(path, images=images, probabilities=probabilities.astype(np.float32))
+    np.savez_compressed(path, images=images, **answers)
     return path
 
 

@@ -20,11 +20,14 @@ import tensorflow as tf
 
 from app.contract import is_version_name
 from training import calibration, hardware
+from training import views as adaptive
 from training.data import Dataset, load_dataset, split_validation
 from training.evaluate import predict_probabilities, score
 from training.export import (
     GOLDEN_SIZE,
     TTA_LEVELS,
+    TTA_VIEWS,
+    AdaptiveViews,
     export_model,
     view_logits,
     write_golden,
@@ -66,6 +69,8 @@ FAST_HYP: dict[str, Any] = {
     "tta": "auto",  # test-time views served: 0, 1 (mirror), 2 (mirror + 1 px shifts), or "auto":
     #                 the one validating best (the cheapest on a tie)
     "calibrate": True,  # fit a temperature on the validation split and fold it into the export
+    "adaptive_views": True,  # one view first, the others only below a validation-chosen
+    #                          confidence (training.views); needs tta > 0 and a validation split
 }
 
 # The blog's network and schedule, unchanged: two phases, plain then augmented.
@@ -401,14 +406,15 @@ def validation_logits(
 
 def choose_serving(
     model: keras.Model, x_val: np.ndarray, y_val: np.ndarray, hyp: dict[str, Any]
-) -> tuple[int, float, dict[str, Any]]:
-    """TTA level and temperature, both chosen on the validation split (never on test).
+) -> tuple[int, float, AdaptiveViews | None, dict[str, Any]]:
+    """TTA level, temperature and adaptive views, all chosen on the validation split (never on
+    test).
 
     TTA is chosen first: the temperature must calibrate the probabilities the app will serve.
     """
     if not len(x_val):
         level = 0 if hyp["tta"] == "auto" else int(hyp["tta"])
-        return level, 1.0, {"note": "no validation split: no TTA choice, no temperature"}
+        return level, 1.0, None, {"note": "no validation split: no TTA choice, no temperature"}
     levels = TTA_LEVELS if hyp["tta"] == "auto" else (int(hyp["tta"]),)
     logits = {level: validation_logits(model, x_val, level) for level in levels}
     accuracy = {level: float(np.mean(logits[level].argmax(1) == y_val)) for level in levels}
@@ -421,7 +427,13 @@ def choose_serving(
         "val_before": calibration.summary(calibration.softmax(logits[best]), y_val),
         "val_after": calibration.summary(calibration.softmax(logits[best], temperature), y_val),
     }
-    return best, temperature, report
+    views = None
+    if hyp.get("adaptive_views") and best > 0:
+        one = logits[0] if 0 in logits else validation_logits(model, x_val, 0)
+        views, report["views"] = adaptive.choose(
+            one, logits[best], y_val, temperature, TTA_VIEWS[best]
+        )
+    return best, temperature, views, report
 
 
 def run(config: RunConfig) -> Path | None:
@@ -518,7 +530,9 @@ def run(config: RunConfig) -> Path | None:
             return None
 
         # --- choose what to serve, export, measure through the export ---------------------------
-        tta_level, temperature, serving_check = choose_serving(model, split.x_val, split.y_val, hyp)
+        tta_level, temperature, views, serving_check = choose_serving(
+            model, split.x_val, split.y_val, hyp
+        )
         model_root = config.models_dir / config.name
         version = config.output_version or next_version(model_root)
         version_dir = model_root / str(version)
@@ -551,6 +565,7 @@ def run(config: RunConfig) -> Path | None:
             metadata=metadata,
             tta_level=tta_level,
             temperature=temperature,
+            views=views,
         )
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
@@ -565,6 +580,11 @@ def run(config: RunConfig) -> Path | None:
         ).accuracy
     # The uncalibrated twin of what is served, for the before/after figures.
     uncalibrated = calibration.uncalibrated(test_probabilities, temperature)
+    passes = TTA_VIEWS[tta_level]
+    if views is not None:
+        one_view = predict_probabilities(partial_dir, dataset.x_test, views_below=0.0)
+        uncalibrated = adaptive.uncalibrated(test_probabilities, one_view, views, temperature)
+        passes = adaptive.passes(one_view.max(axis=1), views.all_views_below, passes)
     write_golden(partial_dir, dataset.x_test[:GOLDEN_SIZE])
     # The INT8 model beside the SavedModel, and each precision measured as the app serves it.
     int8 = quantize_and_measure(
@@ -583,8 +603,10 @@ def run(config: RunConfig) -> Path | None:
             {"epochs": total_epochs - plain_epochs, "augmentation": "shift 0.1 + flip"},
         ]
     )
+    exported = json.loads((partial_dir / "metadata.json").read_text())
+    exported["serving"]["forward_passes_per_image"] = passes  # on the test images
     full = {
-        **json.loads((partial_dir / "metadata.json").read_text()),
+        **exported,
         "metrics": {
             "test_accuracy": test.accuracy,
             "val_accuracy": val_accuracy,

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from training.quantize import predict_in_batches, servable_precisions
+from training.quantize import answers, servable_precisions
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 TARGET = 0.99
@@ -128,15 +128,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     photos = sample_photos()
     max_pixels = get_settings().max_image_pixels
     inputs = np.stack([decode_image(data, max_pixels=max_pixels) for _, data in photos])
-    answers: dict[str, np.ndarray] = {}
+    photo_answers: dict[str, np.ndarray] = {}
+    own = metadata.get("serving", {}).get("views", {}).get("all_views_below")  # adaptive views
     for precision in servable_precisions(args.version_dir):
         backend = load_backend(args.version_dir, "openvino", precision)
-        probabilities = predict_in_batches(backend.predict, dataset.x_test)
+        probabilities = answers(backend, dataset.x_test, own)
         if precision == "f32":
             curve = risk_coverage(probabilities, labels)
             threshold = choose_threshold(curve, args.target)
         scored[precision] = probabilities
-        answers[precision] = backend.predict(inputs)
+        photo_answers[precision] = answers(backend, inputs, own)
     record = {
         "threshold": round(threshold, 4),
         "target_accuracy": args.target,
@@ -150,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = f"risk_coverage_{args.version_dir.parent.name}_{args.version_dir.name}"
     plot(curve, threshold, args.target, DOCS / f"{name}.png")
     rows = []
-    for (photo, _), row in zip(photos, answers["f32"], strict=True):
+    for (photo, _), row in zip(photos, photo_answers["f32"], strict=True):
         best = int(np.argmax(row))
         flagged = "**not sure**" if row[best] < threshold else "answered"
         rows.append(f"| {photo} | {names[best]} {row[best]:.0%} | {flagged} |")

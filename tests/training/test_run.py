@@ -88,7 +88,11 @@ def test_metadata_is_complete_and_measured_through_the_signature(
 
     signature = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
     with np.load(npz_dir / "test.npz") as test:
-        probabilities = signature(images=tf.constant(test["x"]))["probabilities"].numpy()
+        feed = {"images": tf.constant(test["x"])}
+        if "views" in metadata["serving"]:  # adaptive views, at the version's own threshold
+            own = metadata["serving"]["views"]["all_views_below"]
+            feed["all_views_below"] = tf.fill([len(test["x"])], own)
+        probabilities = signature(**feed)["probabilities"].numpy()
         labels = test["y"]
     accuracy = float(np.mean(probabilities.argmax(1) == labels))
     metrics = metadata["metrics"]
@@ -201,7 +205,7 @@ def test_the_tta_choice_is_made_on_the_validation_split(tta: str) -> None:
     x_val = rng.integers(0, 256, (60, 32, 32, 3)).astype(np.uint8)
     y_val = rng.integers(0, 10, 60)
 
-    level, temperature, report = choose_serving(
+    level, temperature, _, report = choose_serving(
         model, x_val, y_val, {"tta": tta if tta == "auto" else int(tta), "calibrate": True}
     )
 
