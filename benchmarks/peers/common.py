@@ -72,12 +72,21 @@ def load_model(model_dir: Path, threads: int) -> tuple[Callable[[np.ndarray], np
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
     folder = version_dir(model_dir)
-    labels = tuple(json.loads((folder / "metadata.json").read_text())["labels"])
+    metadata = json.loads((folder / "metadata.json").read_text())
+    labels = tuple(metadata["labels"])
     signature = tf.saved_model.load(str(folder)).signatures["serving_default"]
+    # A version with adaptive views takes its threshold as a second input, as the contract says.
+    views = metadata.get("serving", {}).get("views")
+
+    def call(images: np.ndarray) -> tf.Tensor:
+        feed = {"images": tf.constant(images)}
+        if views is not None:
+            feed["all_views_below"] = tf.fill([len(images)], float(views["all_views_below"]))
+        return signature(**feed)["probabilities"]
 
     def predict(images: np.ndarray) -> np.ndarray:
         chunks = [
-            signature(images=tf.constant(images[start : start + MAX_MODEL_BATCH]))["probabilities"]
+            call(images[start : start + MAX_MODEL_BATCH])
             for start in range(0, len(images), MAX_MODEL_BATCH)
         ]
         return np.concatenate([chunk.numpy() for chunk in chunks])
