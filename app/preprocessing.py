@@ -46,7 +46,8 @@ _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
     "lanczos": Image.Resampling.LANCZOS,
 }
-# Chosen by benchmarks/preprocessing_accuracy.py (see README): best accuracy of the shipped model.
+# Chosen by benchmarks/preprocessing_accuracy.py (docs/model-card.md): best accuracy of the
+# shipped model.
 DEFAULT_RESAMPLE: Resample = "box"
 DEFAULT_FIT: Fit = "squash"
 

@@ -9,18 +9,24 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from training.config import RunConfig
+
 
 def tta_level(value: str) -> int | str:
     return value if value == "auto" else int(value)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    """The flags given, and only those: every default is RunConfig's (training/config.py), the
+    recipe's where RunConfig says None (training/recipe.py)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m training", description=__doc__, argument_default=argparse.SUPPRESS
+    )
     parser.add_argument(
         "--arch",
         choices=("fast", "seed"),
-        default="fast",
-        help="fast: the default airbench-style recipe; seed: the blog's network",
+        help="fast: the airbench-style recipe; seed: the blog's network "
+        f"(default {RunConfig.arch})",
     )
     parser.add_argument(
         "--data",
@@ -29,41 +35,47 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "(default: the offline copy in ../shared/data/cifar10, else download)",
     )
     parser.add_argument(
-        "--epochs", type=int, help="fast: total epochs; seed: plain-data epochs (default 50)"
+        "--epochs",
+        type=int,
+        help="fast: total epochs; seed: plain-data epochs "
+        "(default: the recipe's, training/recipe.py)",
     )
     parser.add_argument(
         "--aug-epochs",
         type=int,
-        help="seed only: epochs with augmentation after the plain ones (50)",
+        help="seed only: epochs with augmentation after the plain ones (default: the recipe's)",
     )
-    parser.add_argument("--batch-size", type=int, help="default: fast 512, seed 32")
+    parser.add_argument("--batch-size", type=int, help="images per step (default: the recipe's)")
     parser.add_argument(
         "--val-size",
         type=int,
-        default=5000,
-        help="images held out of the end of train for validation (0 allowed)",
+        help="images held out of the end of train for validation (0 allowed; "
+        f"default {RunConfig.val_size})",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--seed", type=int, help=f"random seed (default {RunConfig.seed})")
     parser.add_argument(
         "--precision",
         choices=("auto", "float32", "bfloat16", "float16"),
-        default="auto",
-        help="auto: float16 on a GPU, bfloat16 on a CPU with AMX or AVX-512 BF16, else float32",
+        help="auto: float16 on a GPU, bfloat16 on a CPU with AMX or AVX-512 BF16, else float32 "
+        f"(default {RunConfig.precision})",
     )
     parser.add_argument(
         "--tta",
         type=tta_level,
         choices=("auto", 0, 1, 2),
         help="test-time views in the export, each a forward pass per served image: 0 (1 view), "
-        "1 (+ mirror: 2), 2 (+ 1 px shifts: 6), or auto (default): the best on validation",
+        "1 (+ mirror: 2), 2 (+ 1 px shifts: 6), or auto (the recipe's): the best on validation",
     )
-    parser.add_argument("--name", default="cifar10", help="model name: models/<name>/")
-    parser.add_argument("--models-dir", type=Path, default=Path("models"))
+    parser.add_argument("--name", help=f"model name: models/<name>/ (default {RunConfig.name})")
+    parser.add_argument(
+        "--models-dir",
+        type=Path,
+        help=f"versions go to <this>/<name>/<version>/ (default {RunConfig.models_dir})",
+    )
     parser.add_argument(
         "--checkpoints-dir",
         type=Path,
-        default=Path("checkpoints"),
-        help="per-epoch checkpoints go to <this>/<name>/",
+        help=f"per-epoch checkpoints go to <this>/<name>/ (default {RunConfig.checkpoints_dir})",
     )
     parser.add_argument(
         "--resume",
@@ -76,9 +88,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--cluster-wait-s",
         type=float,
-        default=600.0,
         help="with TF_CONFIG: seconds each worker waits for all the others to start before "
-        "it gives up (default 600)",
+        f"it gives up (default {RunConfig.cluster_wait_s:g})",
     )
     parser.add_argument("--limit-train", type=int, help=argparse.SUPPRESS)  # development only
     return parser.parse_args(argv)
@@ -87,12 +98,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = parse_args(argv)
+    from training.fit import TrainingInterrupted
     from training.hardware import ClusterError
-    from training.train import RunConfig, TrainingInterrupted, run
+    from training.train import run
 
-    config = RunConfig(**vars(args))
     try:
-        run(config)
+        run(RunConfig(**vars(args)))
     except TrainingInterrupted as interrupted:
         print(f"\n{interrupted}", file=sys.stderr)
         return 130
