@@ -194,19 +194,23 @@ def ensure_wrk() -> None:
     subprocess.run([*sudo, apt, "install", "-y", "-qq", "wrk"], check=True, env=env)
 
 
-def drive(port: int, payload_file: Path, count: int, concurrency: int, seconds: float) -> dict:
+def drive(
+    port: int, payload: Path, count: int, concurrency: int, seconds: float, query: str = ""
+) -> dict:
+    """One wrk run against /predict`query`: `count` images per request, of `payload` (an image,
+    or a `.list` of them to cycle through: benchmarks/multipart.lua)."""
     command = [
         "wrk",
         "-t1",
         f"-c{concurrency}",
-        f"-d{round(seconds)}s",
+        f"-d{max(1, round(seconds))}s",
         "--timeout",
         "30s",
         "-s",
         str(LUA),
-        f"http://127.0.0.1:{port}/predict",
+        f"http://127.0.0.1:{port}/predict{query}",
         "--",
-        str(payload_file),
+        str(payload),
         str(count),
     ]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout

@@ -14,7 +14,7 @@ Each configuration in CONFIGS (model version x INFERENCE_PRECISION x `?views=` p
 (d) the service (`python -m app`, default workers, the configuration's environment and
     `?views=`), started alone, settled, driven by wrk at concurrency 1, 8 and 64 with one 32x32 PNG
     per request and with 16, the requests cycling through the first 512 test images
-    (benchmarks/multipart_cycle.lua), then stopped.
+    (benchmarks/multipart.lua), then stopped.
 A configuration whose version folder is missing, or whose precisions this CPU cannot serve or
 the version's golden check refuses, is skipped with a note (one refused falls to the next).
 Then LitServe and BentoML serve cifar10/2's SavedModel as their users would (TensorFlow float32,
@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,6 +53,7 @@ from benchmarks.run import (
     RESULTS,
     ROOT,
     cpu_model,
+    drive,
     ensure_wrk,
     served_as,
     settle,
@@ -64,7 +64,6 @@ from benchmarks.run import (
 from training.calibration import ECE_BINS, expected_calibration_error
 from training.quantize import servable_precisions
 
-LUA = ROOT / "benchmarks" / "multipart_cycle.lua"
 PORT = 8110  # this service's port, one configuration at a time
 MEASURE_BATCH = 256  # images per call when scoring the test set
 BARE_BATCHES = (1, 32, 256)  # batch sizes of the bare model's rates
@@ -259,7 +258,7 @@ def write_pngs(images: np.ndarray, folder: Path) -> Path:
         path = folder / f"test{index:05d}.png"
         Image.fromarray(pixels).save(path)
         paths.append(path)
-    listing = folder / "images.txt"
+    listing = folder / "images.list"  # benchmarks/multipart.lua cycles through it
     listing.write_text("".join(f"{path}\n" for path in paths))
     return listing
 
@@ -298,28 +297,6 @@ def views_answered(port: int, query: str, image: Path) -> str:
         return str(json.load(response).get("views", "?"))
 
 
-def drive(
-    port: int, query: str, listing: Path, count: int, concurrency: int, seconds: float
-) -> dict:
-    """One wrk run: each request the next `count` images of `listing`, to /predict`query`."""
-    command = [
-        "wrk",
-        "-t1",
-        f"-c{concurrency}",
-        f"-d{max(1, round(seconds))}s",
-        "--timeout",
-        "30s",
-        "-s",
-        str(LUA),
-        f"http://127.0.0.1:{port}/predict{query}",
-        "--",
-        str(listing),
-        str(count),
-    ]
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    return json.loads(output.strip().splitlines()[-1])
-
-
 def measure_service(
     name: str,
     port: int,
@@ -334,9 +311,9 @@ def measure_service(
         if not concurrencies:
             continue
         count = PAYLOADS[payload]
-        drive(port, query, listing, count, 8, 2)  # warm-up, not recorded
+        drive(port, listing, count, 8, 2, query)  # warm-up, not recorded
         for concurrency in concurrencies:
-            stats = drive(port, query, listing, count, concurrency, seconds)
+            stats = drive(port, listing, count, concurrency, seconds, query)
             ok = stats["requests"] - stats["errors"]
             row = Row(
                 name,
