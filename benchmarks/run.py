@@ -56,15 +56,18 @@ PAYLOADS = {
 
 @dataclass
 class Row:
+    """One wrk run against one server."""
+
     service: str
     payload: str
     concurrency: int
     images_per_s: float
     requests: int
-    errors: int
+    errors: int  # non-2xx answers and socket errors (connect, read, write, timeout)
     p50_ms: float
     p95_ms: float
     p99_ms: float
+    non2xx: int = 0
 
 
 def make_payloads(folder: Path) -> None:
@@ -218,14 +221,20 @@ def drive(
 
 
 def measure(
-    service: str, port: int, folder: Path, seconds: float, payloads: list[str]
+    service: str,
+    port: int,
+    jobs: list[tuple[str, Path, int, tuple[int, ...]]],
+    seconds: float,
+    query: str = "",
 ) -> list[Row]:
+    """Drive one running server: per job (payload name, file or .list, images per request,
+    concurrencies) a short warm-up, then one wrk run per concurrency."""
     rows = []
-    for payload in payloads:
-        name, count = PAYLOADS[payload]
-        drive(port, folder / name, count, 8, 2)  # warm-up, not recorded
-        for concurrency in CONCURRENCY:
-            stats = drive(port, folder / name, count, concurrency, seconds)
+    for payload, path, count, concurrencies in jobs:
+        if concurrencies:
+            drive(port, path, count, 8, 2, query)  # warm-up, not recorded
+        for concurrency in concurrencies:
+            stats = drive(port, path, count, concurrency, seconds, query)
             ok = stats["requests"] - stats["errors"]
             row = Row(
                 service,
@@ -237,6 +246,7 @@ def measure(
                 p50_ms=stats["p50_us"] / 1000,
                 p95_ms=stats["p95_us"] / 1000,
                 p99_ms=stats["p99_us"] / 1000,
+                non2xx=stats["non2xx"],
             )
             print(
                 f"{service:8s} {payload:14s} c={concurrency:<3d} {row.images_per_s:8.1f} img/s "
@@ -548,7 +558,11 @@ def main() -> None:
                     # (The peers' ready paths wait for all their workers.)
                     settle(process)
                     setups[service] = served_as(port)
-                rows += measure(service, port, folder, args.duration, args.payloads)
+                jobs = [
+                    (payload, folder / PAYLOADS[payload][0], PAYLOADS[payload][1], CONCURRENCY)
+                    for payload in args.payloads
+                ]
+                rows += measure(service, port, jobs, args.duration)
             finally:
                 stop(process)
     if not args.only:

@@ -52,9 +52,10 @@ from benchmarks.run import (
     DATA,
     RESULTS,
     ROOT,
+    Row,
     cpu_model,
-    drive,
     ensure_wrk,
+    measure,
     served_as,
     settle,
     shown,
@@ -115,22 +116,6 @@ class Measured:
     ece: float
     passes_per_image: float
     bare: dict[int, float]  # batch size -> images/s
-
-
-@dataclass
-class Row:
-    """One wrk run against one server."""
-
-    config: str  # Measured.label
-    payload: str
-    concurrency: int
-    images_per_s: float
-    requests: int
-    errors: int  # non-2xx answers and socket errors (connect, read, write, timeout)
-    non2xx: int
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
 
 
 def precision_choices(config: Config, servable: list[str]) -> list[str | None]:
@@ -306,34 +291,8 @@ def measure_service(
     plan: dict[str, tuple[int, ...]],
 ) -> list[Row]:
     """Part (d) for one running server: every payload at every concurrency it is planned for."""
-    rows = []
-    for payload, concurrencies in plan.items():
-        if not concurrencies:
-            continue
-        count = PAYLOADS[payload]
-        drive(port, listing, count, 8, 2, query)  # warm-up, not recorded
-        for concurrency in concurrencies:
-            stats = drive(port, listing, count, concurrency, seconds, query)
-            ok = stats["requests"] - stats["errors"]
-            row = Row(
-                name,
-                payload,
-                concurrency,
-                images_per_s=ok * count / (stats["duration_us"] / 1e6),
-                requests=stats["requests"],
-                errors=stats["errors"],
-                non2xx=stats["non2xx"],
-                p50_ms=stats["p50_us"] / 1000,
-                p95_ms=stats["p95_us"] / 1000,
-                p99_ms=stats["p99_us"] / 1000,
-            )
-            print(
-                f"  {payload:9s} c={concurrency:<3d} {row.images_per_s:8.1f} img/s "
-                f"p50={row.p50_ms:7.1f} p99={row.p99_ms:7.1f} ms errors={row.errors}",
-                flush=True,
-            )
-            rows.append(row)
-    return rows
+    jobs = [(payload, listing, PAYLOADS[payload], plan[payload]) for payload in plan]
+    return measure(name, port, jobs, seconds, query)
 
 
 def serve(
@@ -490,7 +449,7 @@ def shown_threshold(value: float | None) -> str:
 
 def service_table(rows: list[Row], names: list[str]) -> list[str]:
     """One line per server, one column per payload and concurrency measured, errors last."""
-    cells = {(r.config, r.payload, r.concurrency): r for r in rows if r.config in names}
+    cells = {(r.service, r.payload, r.concurrency): r for r in rows if r.service in names}
     columns = list(dict.fromkeys((payload, c) for _, payload, c in cells))
     lines = [
         "| server | " + " | ".join(f"{p} c={c}" for p, c in columns) + " | errors |",
@@ -503,7 +462,7 @@ def service_table(rows: list[Row], names: list[str]) -> list[str]:
             else "-"
             for p, c in columns
         ]
-        errors = sum(r.errors for r in rows if r.config == name)
+        errors = sum(r.errors for r in rows if r.service == name)
         lines.append(f"| {name} | " + " | ".join(shown_cells) + f" | {errors} |")
     return lines
 
@@ -514,7 +473,7 @@ def ratio_lines(measured: list[Measured], rows: list[Row]) -> list[str]:
 
     def cell(key: str, payload: str, concurrency: int) -> Row | None:
         wanted = (labels.get(key), payload, concurrency)
-        return next((r for r in rows if (r.config, r.payload, r.concurrency) == wanted), None)
+        return next((r for r in rows if (r.service, r.payload, r.concurrency) == wanted), None)
 
     lines = []
     new = cell(NEW_DEFAULT, "png32", 64)
@@ -536,8 +495,8 @@ def ratio_lines(measured: list[Measured], rows: list[Row]) -> list[str]:
     peer_labels = {labels[k] for k in peers.PEERS if k in labels}
     lines += [
         f"- errors (non-2xx and socket), this service, every configuration: "
-        f"{sum(r.errors for r in rows if r.config not in peer_labels)}",
-        f"- errors, peers: {sum(r.errors for r in rows if r.config in peer_labels)}",
+        f"{sum(r.errors for r in rows if r.service not in peer_labels)}",
+        f"- errors, peers: {sum(r.errors for r in rows if r.service in peer_labels)}",
     ]
     return lines
 
@@ -560,7 +519,7 @@ def write_csv(measured: list[Measured], rows: list[Row], path: Path) -> None:
         served = [
             asdict(r) | {"images_per_s": round(r.images_per_s, 1)}
             for r in rows
-            if r.config == m.label
+            if r.service == m.label
         ]
         lines += [model | {k: v for k, v in r.items() if k != "config"} for r in served] or [model]
     fields = list(dict.fromkeys(name for line in lines for name in line))
@@ -578,7 +537,7 @@ def plot(measured: list[Measured], rows: list[Row], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    speed = {r.config: r.images_per_s for r in rows if (r.payload, r.concurrency) == ("png32", 64)}
+    speed = {r.service: r.images_per_s for r in rows if (r.payload, r.concurrency) == ("png32", 64)}
     shown_models = [m for m in measured if m.label in speed]
     points = [(speed[m.label], 100 * m.test_accuracy) for m in shown_models]
     fig, axis = plt.subplots(figsize=(7.5, 5))
