@@ -460,12 +460,7 @@ def main() -> None:
         choices=("service", "single", "naive", *peers.PEERS),
         help="measure this one alone and write no results",
     )
-    parser.add_argument(
-        "--peers",
-        type=peers.parse_peers,
-        default=list(peers.PEERS),
-        help="peers to measure too, comma-separated (default: litserve,bentoml), or none",
-    )
+    peers.add_argument(parser)
     parser.add_argument(
         "--payloads",
         type=parse_payloads,

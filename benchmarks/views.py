@@ -597,12 +597,7 @@ def main() -> None:
         default=list(CONFIGS),
         help=f"configurations, comma-separated (default: all: {','.join(c.key for c in CONFIGS)})",
     )
-    parser.add_argument(
-        "--peers",
-        type=peers.parse_peers,
-        default=list(peers.PEERS),
-        help="peers to measure too, comma-separated (default: litserve,bentoml), or '' / none",
-    )
+    peers.add_argument(parser)
     parser.add_argument(
         "--multi-concurrency",
         type=parse_concurrency,

@@ -76,6 +76,16 @@ def parse_peers(value: str) -> list[str]:
     return names
 
 
+def add_argument(parser: argparse.ArgumentParser) -> None:
+    """`--peers`, the same in every benchmark that measures them."""
+    parser.add_argument(
+        "--peers",
+        type=parse_peers,
+        default=list(PEERS),
+        help="peers to measure too, comma-separated (default: litserve,bentoml), or '' / none",
+    )
+
+
 def launch(peer: Peer, model_dir: Path) -> tuple[list[str], dict[str, str]]:
     """The command and extra environment that start the peer, its venv made first if needed."""
     folder = venv(peer)
