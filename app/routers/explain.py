@@ -8,6 +8,7 @@ import numpy as np
 from fastapi import APIRouter, Query, Request
 
 from app import occlusion, serving
+from app.answering import AnsweringDep
 from app.deps import (
     BatcherDep,
     ClassifierDep,
@@ -67,8 +68,7 @@ async def explain(
     decode_pool: DecodePoolDep,
     slots: ExplainSlotsDep,
     settings: SettingsDep,
-    top_k: serving.TopK = None,
-    uncertain_below: serving.UncertainBelow = None,
+    answering: AnsweringDep,
     patch: Annotated[
         int, Query(ge=1, description="Side of the grey square, in model-input pixels.")
     ] = DEFAULT_PATCH,
@@ -80,12 +80,7 @@ async def explain(
     ] = False,
 ) -> ExplainResponse:
     """Classify images and map, per image, which region the answer depends on."""
-    deadline = asyncio.get_running_loop().time() + settings.request_timeout_s
     request.state.images = len(files)
-    k = serving.resolve_top_k(top_k, len(classifier.labels), settings.default_top_k)
-    threshold = serving.resolve_uncertain_below(
-        uncertain_below, settings.uncertain_below, classifier.uncertain_below
-    )
     grid = _grid(classifier.height, patch, stride, settings.max_batch_size)
     names = serving.filenames(files)
     most = settings.max_batch_size // grid.inputs_per_image
@@ -103,9 +98,10 @@ async def explain(
             request,
             batcher,
             serving.decode_all(files, names, classifier, settings.max_image_pixels, decode_pool),
-            deadline,
+            answering.deadline,
             settings.request_timeout_s,
             model_input=lambda decoded: occlusion.occluded_batch(decoded, grid),
+            views_below=answering.views_below,
         )
     per_image = probabilities.reshape(len(images), grid.inputs_per_image, -1)
     maps = [occlusion.sensitivity(rows, int(np.argmax(rows[0])), grid) for rows in per_image]
@@ -120,7 +116,11 @@ async def explain(
         fill=occlusion.FILL,
         explanations=[
             Explanation(
-                **dict(serving.prediction(name, rows[0], classifier.labels, k, threshold)),
+                **dict(
+                    serving.prediction(
+                        name, rows[0], classifier.labels, answering.top_k, answering.uncertain_below
+                    )
+                ),
                 input_png=input_png,
                 sensitivity=np.round(position_map.astype(np.float64), 6).tolist(),
                 heatmap_png=heatmap_png,

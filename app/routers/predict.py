@@ -1,10 +1,9 @@
 """POST /predict: uploads -> preprocessing -> batcher -> model -> response schema."""
 
-import asyncio
-
 from fastapi import APIRouter, Request
 
 from app import serving
+from app.answering import AnsweringDep
 from app.deps import (
     BatcherDep,
     ClassifierDep,
@@ -59,35 +58,29 @@ async def predict(
     batcher: BatcherDep,
     decode_pool: DecodePoolDep,
     settings: SettingsDep,
-    top_k: serving.TopK = None,
-    uncertain_below: serving.UncertainBelow = None,
-    views: serving.ViewsAsked = None,
+    answering: AnsweringDep,
 ) -> PredictResponse:
     """Classify uploaded images; all images of one request go through the model as one batch."""
-    deadline = asyncio.get_running_loop().time() + settings.request_timeout_s
     request.state.images = len(files)
-    k = serving.resolve_top_k(top_k, len(classifier.labels), settings.default_top_k)
-    threshold = serving.resolve_uncertain_below(
-        uncertain_below, settings.uncertain_below, classifier.uncertain_below
-    )
-    served_views = serving.resolve_views(views, settings.views, classifier)
     names = serving.filenames(files)
     decoding = serving.decode_all(files, names, classifier, settings.max_image_pixels, decode_pool)
     _, probabilities = await serving.classify(
         request,
         batcher,
         decoding,
-        deadline,
+        answering.deadline,
         settings.request_timeout_s,
-        views_below=served_views and classifier.views_below(served_views),
+        views_below=answering.views_below,
     )
     return PredictResponse(
         model=classifier.name,
         version=classifier.version,
-        uncertain_below=threshold,
-        views=served_views or "fixed",
+        uncertain_below=answering.uncertain_below,
+        views=answering.views or "fixed",
         predictions=[
-            serving.prediction(name, row, classifier.labels, k, threshold)
+            serving.prediction(
+                name, row, classifier.labels, answering.top_k, answering.uncertain_below
+            )
             for name, row in zip(names, probabilities, strict=True)
         ],
     )

@@ -190,3 +190,19 @@ def test_the_golden_check_covers_the_one_view_path(
     load_classifier(adaptive["dir"], precision=precision())  # the original passes
     with pytest.raises(ModelLoadError, match="golden"):
         load_classifier(copy, precision=precision())
+
+
+def test_explain_answers_with_the_views_asked(served: Any) -> None:
+    """/explain takes /predict's `views`: its prediction is /predict's for the same choice
+    (within 0.01: its batch holds the occluded copies too, which a lower precision may round
+    otherwise; the two paths differ by more than 0.05, see above)."""
+    files = [("files", (IMAGES[0].name, IMAGES[0].read_bytes(), "image/png"))]
+    for views in ("one", "all"):
+        explained = served.post("/explain", files=files, params={"views": views})
+        assert explained.status_code == 200, explained.text
+        predicted = served.post("/predict", files=files, params={"views": views}).json()
+        got = explained.json()["explanations"][0]["probabilities"]
+        expected = predicted["predictions"][0]["probabilities"]
+        np.testing.assert_allclose(
+            [got[label] for label in LABELS], [expected[label] for label in LABELS], atol=0.01
+        )
