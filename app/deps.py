@@ -5,7 +5,9 @@ pool, a thread hop per dependency per request that cost ~15 % of throughput unde
 """
 
 import secrets
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 from fastapi import Depends, Query, Request, Security
@@ -14,6 +16,7 @@ from pydantic import SecretStr
 
 from app.batcher import Batcher
 from app.errors import ApiError
+from app.metrics import Metrics
 from app.model import Classifier
 from app.repository import ModelRepository, ServedVersion, VersionNotFound
 from app.serving import DecodePool, Slots
@@ -41,14 +44,11 @@ async def get_repository(request: Request) -> ModelRepository:
 RepositoryDep = Annotated[ModelRepository, Depends(get_repository)]
 
 
-async def get_served(
-    repository: RepositoryDep,
-    version: Annotated[
-        int | None,
-        Query(description="A loaded model version; default: the highest loaded.", ge=1),
-    ] = None,
-) -> AsyncIterator[ServedVersion]:
-    """The model version that answers this request, held until the response is done."""
+@contextmanager
+def hold(repository: ModelRepository, version: int | None = None) -> Iterator[ServedVersion]:
+    """The version that answers a request (default: the highest loaded), held until the
+    request is done: a poll or an unload does not take it away mid-request. The one hold of
+    every route, /predict's, /explain's and /v2's."""
     try:
         served = repository.acquire(version)
     except VersionNotFound as exc:
@@ -59,6 +59,18 @@ async def get_served(
         repository.release(served)
 
 
+async def get_served(
+    repository: RepositoryDep,
+    version: Annotated[
+        int | None,
+        Query(description="A loaded model version; default: the highest loaded.", ge=1),
+    ] = None,
+) -> AsyncIterator[ServedVersion]:
+    """The model version that answers this request, held until the response is done."""
+    with hold(repository, version) as served:
+        yield served
+
+
 ServedDep = Annotated[ServedVersion, Depends(get_served)]
 
 
@@ -66,8 +78,26 @@ async def get_classifier(served: ServedDep) -> Classifier:
     return served.classifier
 
 
-async def get_batcher(served: ServedDep) -> Batcher:
-    return served.batcher
+@contextmanager
+def counted(request: Request, served: ServedVersion) -> Iterator[None]:
+    """Count one inference request on its version (the statistics extension and /metrics):
+    a success when the body returns, a failure when it raises; the images answered are the
+    route's `request.state.images`."""
+    started = time.perf_counter()
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        metrics: Metrics = request.app.state.metrics
+        images = getattr(request.state, "images", 0)
+        metrics.record_inference(served.version, images, time.perf_counter() - started, ok)
+
+
+async def get_batcher(request: Request, served: ServedDep) -> AsyncIterator[Batcher]:
+    """The held version's batcher; the routes that take it infer, so each is counted."""
+    with counted(request, served):
+        yield served.batcher
 
 
 async def get_decode_pool(request: Request) -> DecodePool:

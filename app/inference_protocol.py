@@ -1,8 +1,10 @@
 """The Open Inference Protocol (KServe V2) on the wire: its JSON shapes and tensor encodings.
 
 Requests are JSON, or JSON followed by raw tensor bytes (the binary tensor data extension: the
-`Inference-Header-Content-Length` header says where the JSON ends). Nothing here knows about
-models or HTTP; a bad request raises `ProtocolError` with the status the client should get.
+`Inference-Header-Content-Length` header says where the JSON ends). Answers are built here
+too: infer's outputs (with the classification extension), Triton's model configuration and its
+statistics. Nothing here knows about HTTP or the batcher; a bad request raises `ProtocolError`
+with the status the client should get.
 https://kserve.github.io/website/latest/modelserving/data_plane/v2_protocol/
 """
 
@@ -15,6 +17,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
+from app.metrics import VersionStats
+from app.version_policy import VersionPolicy
+
 HEADER_LENGTH = "inference-header-content-length"
 BINARY_CONTENT_TYPE = "application/octet-stream"
 
@@ -23,6 +28,8 @@ DTYPES: dict[str, np.dtype] = {
     "UINT8": np.dtype(np.uint8),
     "FP32": np.dtype("<f4"),
 }
+# The protocol's datatypes as Triton's model configuration names them (model_config.proto).
+TRITON_TYPES = {"UINT8": "TYPE_UINT8", "FP32": "TYPE_FP32", "BYTES": "TYPE_STRING"}
 
 
 class ProtocolError(Exception):
@@ -148,6 +155,13 @@ def parse_request(
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "body"
         raise ProtocolError(400, f"invalid inference request: {where}: {first['msg']}") from None
+    for tensor in request.inputs:
+        if any(size < 0 for size in tensor.shape):
+            raise ProtocolError(
+                400,
+                f"input '{tensor.name}' has shape {tensor.shape}: a request's shape gives every "
+                "size (-1 is only for the model's metadata)",
+            )
     chunks, offset = [], 0
     for tensor in request.inputs:
         size = tensor.parameters.get("binary_data_size")
@@ -187,10 +201,15 @@ def decode_tensor(
                 f"({count * dtype.itemsize} expected)",
             )
         return np.frombuffer(raw, dtype=dtype).reshape(tensor.shape)
-    try:
-        values = np.asarray(tensor.data, dtype=np.float64).reshape(-1)
-    except (ValueError, TypeError):
-        raise ProtocolError(400, f"input '{tensor.name}': data is not a list of numbers") from None
+    flat = _flatten(tensor.data)
+    wrong = next((v for v in flat if isinstance(v, bool) or not isinstance(v, int | float)), None)
+    if wrong is not None:
+        raise ProtocolError(
+            400,
+            f"input '{tensor.name}': data is not a list of numbers: it holds {wrong!r} "
+            f"({type(wrong).__name__})",
+        )
+    values = np.asarray(flat, dtype=np.float64)
     if values.size != count:
         raise ProtocolError(
             400, f"input '{tensor.name}': {values.size} values for shape {tensor.shape}"
@@ -203,6 +222,17 @@ def decode_tensor(
             400, f"input '{tensor.name}': {tensor.datatype} values are integers 0..{info.max}"
         )
     return values.astype(dtype).reshape(tensor.shape)
+
+
+def _flatten(data: list[Any]) -> list[Any]:
+    """Nested JSON data as one row-major list (NumPy would read "7" and true as numbers)."""
+    flat: list[Any] = []
+    for item in data:
+        if isinstance(item, list):
+            flat.extend(_flatten(item))
+        else:
+            flat.append(item)
+    return flat
 
 
 def decode_bytes(tensor: RequestInput, raw: bytes) -> list[bytes]:
@@ -272,3 +302,115 @@ def wants_binary(request: InferenceRequest, output: RequestOutput | None) -> boo
     if output is not None and "binary_data" in output.parameters:
         return bool(output.parameters["binary_data"])
     return bool(request.parameters.get("binary_data_output", False))
+
+
+def requested_outputs(request: InferenceRequest, name: str, labels: int) -> list[RequestOutput]:
+    """The outputs asked for (default: the one, `name`), each checked."""
+    outputs = request.outputs or [RequestOutput(name=name)]
+    if len(outputs) > 1 or outputs[0].name != name:
+        names = [output.name for output in outputs]
+        raise ProtocolError(400, f"outputs {names}: the model has one, '{name}'")
+    count = outputs[0].parameters.get("classification", 0)
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= labels:
+        raise ProtocolError(400, f"classification must be an integer 0..{labels}")
+    return outputs
+
+
+def encode_classified(
+    response: InferenceResponse,
+    request: InferenceRequest,
+    outputs: Sequence[RequestOutput],
+    probabilities: np.ndarray,
+    labels: Sequence[str],
+) -> tuple[bytes, int | None]:
+    """The infer answer's body (see `encode_response`): each output asked for as the
+    probabilities, FP32 [N, labels], or with the classification extension as the k best of
+    each image, BYTES [N, k]."""
+    tensors: dict[str, tuple[np.ndarray | list[bytes], bool]] = {}
+    for requested in outputs:
+        count = requested.parameters.get("classification")
+        if count:
+            value: np.ndarray | list[bytes] = classification(probabilities, labels, int(count))
+            shape, datatype = [len(probabilities), int(count)], "BYTES"
+        else:
+            value, shape, datatype = probabilities, list(probabilities.shape), "FP32"
+        response.outputs.append(ResponseOutput(name=requested.name, shape=shape, datatype=datatype))
+        tensors[requested.name] = (value, wants_binary(request, requested))
+    return encode_response(response, tensors)
+
+
+def classification(probabilities: np.ndarray, labels: Sequence[str], k: int) -> list[bytes]:
+    """Triton's classification extension: per image the k best as "probability:index:label"."""
+    best = np.argsort(-probabilities, axis=1)[:, :k]
+    return [
+        f"{row[i]:f}:{i}:{labels[i]}".encode()
+        for row, indices in zip(probabilities, best, strict=True)
+        for i in indices
+    ]
+
+
+def model_config(
+    metadata: ModelMetadata,
+    *,
+    backend: str,
+    max_batch_size: int,
+    max_batch_delay_ms: float,
+    policy: VersionPolicy,
+) -> dict[str, Any]:
+    """Triton's model configuration (model_config.proto, as its HTTP API writes it) of a model
+    whose metadata is `metadata`: tensors without the batch dimension, which
+    `max_batch_size` > 0 implies; what Triton's perf_analyzer and Model Analyzer start from."""
+
+    def tensors(items: list[TensorMetadata]) -> list[dict[str, Any]]:
+        return [
+            {"name": t.name, "data_type": TRITON_TYPES[t.datatype], "dims": t.shape[1:]}
+            for t in items
+        ]
+
+    return {
+        "name": metadata.name,
+        "platform": metadata.platform,
+        "backend": backend,
+        "version_policy": triton_version_policy(policy),
+        "max_batch_size": max_batch_size,
+        "input": tensors(metadata.inputs),
+        "output": tensors(metadata.outputs),
+        "dynamic_batching": {"max_queue_delay_microseconds": round(max_batch_delay_ms * 1000)},
+    }
+
+
+def triton_version_policy(policy: VersionPolicy) -> dict[str, Any]:
+    """MODEL_VERSION_POLICY as model_config.proto's ModelVersionPolicy (TF Serving's and
+    Triton's policies are the same three)."""
+    if policy.specific is not None:
+        return {"specific": {"versions": sorted(policy.specific)}}
+    if policy.latest is None:
+        return {"all": {}}
+    return {"latest": {"num_versions": policy.latest}}
+
+
+def model_statistics(name: str, version: str, stats: VersionStats) -> dict[str, Any]:
+    """One version's entry of Triton's statistics extension (`model_stats`), durations as
+    {count, ns}. compute_infer is the model calls (a batch holds many requests); the time a
+    request waits in the batcher's queue and the decoding before it are not counted apart, so
+    queue, compute_input and compute_output are 0 and inside success."""
+
+    def duration(count: int, seconds: float) -> dict[str, int]:
+        return {"count": count, "ns": round(seconds * 1e9)}
+
+    return {
+        "name": name,
+        "version": version,
+        "last_inference": round(stats.last_inference_s * 1000),  # ms since the epoch
+        "inference_count": stats.images,
+        "execution_count": stats.executions[0],
+        "inference_stats": {
+            "success": duration(*stats.success),
+            "fail": duration(*stats.fail),
+            "queue": duration(0, 0),
+            "compute_input": duration(0, 0),
+            "compute_infer": duration(*stats.executions),
+            "compute_output": duration(0, 0),
+        },
+        "batch_stats": [],
+    }

@@ -8,15 +8,23 @@
   each stopped short of its end, once held 1.16 GB until their timeout. A request whose body
   would pass the budget gets 503 with Retry-After (from its declared length, before a byte is
   read; else as its bytes arrive); a body's bytes count until its response is sent.
+- A compressed body (`inflate`) is counted against MAX_UPLOAD_BYTES again after inflating, as
+  it inflates: a compression bomb stops at the limit, never in memory past it.
 """
 
 import asyncio
+import zlib
+from collections.abc import AsyncIterator
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import error_response
+from app.errors import ApiError, error_response
+
+# Content-Encoding -> zlib's wbits: gzip's header, or HTTP's "deflate" (zlib's header, RFC 9110).
+ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+INFLATE_STEP = 256 * 1024  # bytes inflated per step: the most held beside the body so far
 
 
 class UploadTooSlow(HTTPException):
@@ -119,3 +127,33 @@ def _content_length(scope: Scope) -> int | None:
         return int(value) if value is not None else None
     except ValueError:
         return None
+
+
+async def inflate(chunks: AsyncIterator[bytes], encoding: str, max_bytes: int) -> bytes:
+    """A gzip or deflate body inflated as it streams in, never past `max_bytes`: each step
+    inflates at most INFLATE_STEP bytes and no further than the limit (zlib's max_length), so
+    1 GB of zeros squeezed into 1 MB is a 413 after holding `max_bytes`, not a 1 GB buffer."""
+    inflater = zlib.decompressobj(ENCODINGS[encoding])
+    body = bytearray()
+    try:
+        async for chunk in chunks:
+            while True:  # until this chunk is used up and nothing is left pending
+                room = min(INFLATE_STEP, max_bytes + 1 - len(body))
+                inflated = inflater.decompress(chunk, room)
+                body += inflated
+                if len(body) > max_bytes:
+                    raise ApiError(
+                        413,
+                        "body_too_large",
+                        f"the request body inflates past {max_bytes} bytes (MAX_UPLOAD_BYTES)",
+                    )
+                chunk = inflater.unconsumed_tail
+                if not chunk and len(inflated) < room:
+                    break
+    except zlib.error as exc:
+        raise ApiError(
+            400, "invalid_request", f"the {encoding} body cannot be inflated: {exc}"
+        ) from None
+    if not inflater.eof:
+        raise ApiError(400, "invalid_request", f"the {encoding} body is truncated")
+    return bytes(body)

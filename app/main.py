@@ -33,10 +33,10 @@ from app.routers import (
     docs,
     explain,
     health,
-    inference_protocol,
     metrics,
     model_info,
     predict,
+    v2,
     web,
 )
 from app.routers import repository as repository_api
@@ -46,9 +46,10 @@ from app.settings import Settings, get_settings
 logger = logging.getLogger("app")
 
 DESCRIPTION = """
-Classifies images into the ten CIFAR-10 classes with a Keras CNN served from a TensorFlow
-SavedModel. Upload one or more images to **POST /predict** as `multipart/form-data` parts named
-`files`; every image is resized to 32x32 and all images of a request are classified as one batch.
+Classifies images into the ten CIFAR-10 classes with a Keras CNN exported as a SavedModel and
+run by OpenVINO on a CPU (TensorFlow where a GPU shows). Upload one or more images to
+**POST /predict** as `multipart/form-data` parts named `files`; every image is resized to 32x32
+and all images of a request are classified as one batch.
 
 Errors are JSON: `{"error": {"code": "...", "message": "...", "file": "..."}}`.
 """
@@ -61,7 +62,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     telemetry: Metrics = app.state.metrics
     if resolve_backend(settings.inference_backend) == "tensorflow":  # else never imported
-        configure_threads(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
+        configure_threads(settings.effective_intra_op_threads, settings.effective_inter_op_threads)
     repository = ModelRepository(
         settings.model_dir,
         policy=settings.version_policy,
@@ -85,10 +86,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         default.backend,
         default.precision,
         describe_device() if default.backend == "tensorflow" else "CPU",
-        settings.batch_workers,
+        settings.effective_inference_workers,
         settings.version_policy,
     )
-    decode_pool = DecodePool(settings.image_decode_threads, settings.full_size_decodes)
+    decode_pool = DecodePool(settings.effective_decode_threads, settings.full_size_decodes)
     app.state.repository = repository
     app.state.decode_pool = decode_pool
     app.state.explain_slots = Slots(
@@ -112,7 +113,7 @@ def _load_version(settings: Settings, path: Path) -> Classifier:
         path,
         settings.inference_backend,
         settings.inference_precision,
-        threads=settings.openvino_threads,
+        threads=settings.effective_inference_threads,
     )
     classifier.warm_up((1, settings.max_batch_size))
     return classifier
@@ -120,15 +121,14 @@ def _load_version(settings: Settings, path: Path) -> Classifier:
 
 def _make_batcher(settings: Settings, telemetry: Metrics, classifier: Classifier) -> Batcher:
     def record_batch(stats: BatchStats) -> None:
-        telemetry.batch_images.observe(stats.images)
-        telemetry.inference_seconds.observe(stats.seconds)
+        telemetry.record_batch(classifier.version, stats.images, stats.seconds)
 
     return Batcher(
         classifier.predict,
         max_batch_size=settings.max_batch_size,
         max_batch_delay_ms=settings.max_batch_delay_ms,
         max_queue_images=settings.max_queue_images,
-        workers=settings.batch_workers,
+        workers=settings.effective_inference_workers,
         on_batch=record_batch,
         on_queue=telemetry.queue_images.inc,
     )
@@ -209,8 +209,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(predict.router, dependencies=protected)
     app.include_router(explain.router, dependencies=protected)
     app.include_router(model_info.router, dependencies=protected)
-    app.include_router(inference_protocol.router, dependencies=protected)
-    app.include_router(inference_protocol.health_router)
+    app.include_router(v2.router, dependencies=protected)
+    app.include_router(v2.health_router)
     app.include_router(repository_api.router, dependencies=[Depends(require_admin_key)])
     app.include_router(health.router)
     details = [Depends(require_api_key)] if settings.api_key and settings.protect_details else []
@@ -219,7 +219,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(docs.router)
     app.mount("/static/web", web.static, name="web")
     app.include_router(web.router)
-    openapi.install(app, schemas=inference_protocol.SCHEMAS)
+    openapi.install(app, schemas=v2.SCHEMAS)
     return app
 
 

@@ -7,6 +7,7 @@ so the model is a gauge with value 1 and the queue gauge is set on every change.
 """
 
 import os
+import time
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -14,6 +15,19 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+@dataclass(frozen=True)
+class VersionStats:
+    """One model version's inference requests and model calls: (count, seconds) of requests
+    by outcome and of model calls, images answered, and when the last request ended (Unix
+    time; 0: never)."""
+
+    success: tuple[int, float]
+    fail: tuple[int, float]
+    executions: tuple[int, float]
+    images: int
+    last_inference_s: float
 
 
 @dataclass
@@ -74,6 +88,68 @@ class Metrics:
             "Model versions loaded, refused (broken or contract-breaking) and unloaded.",
             ["event"],
             registry=r,
+        )
+
+        # Per model version, for the statistics extension (GET /v2/models/NAME/stats) too.
+        self.version_requests = Histogram(
+            "model_inference_request_duration_seconds",
+            "Inference requests (/predict, /explain, /v2 infer) per model version and outcome "
+            "(success: answered; fail: an error), from holding the version to the answer.",
+            ["version", "outcome"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.version_executions = Histogram(
+            "model_execution_duration_seconds",
+            "Model calls (batches) per model version and their time: inference_duration_seconds "
+            "by version.",
+            ["version"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.version_images = Counter(
+            "model_images_classified", "Images answered per model version.", ["version"], registry=r
+        )
+        self.version_last_inference = Gauge(
+            "model_last_inference_timestamp_seconds",
+            "When the last inference request on each model version ended (Unix time).",
+            ["version"],
+            multiprocess_mode="max",
+            registry=r,
+        )
+
+    def record_inference(self, version: int, images: int, seconds: float, ok: bool) -> None:
+        """One inference request on `version` ended: answered (with `images`) or failed."""
+        label = str(version)
+        self.version_requests.labels(label, "success" if ok else "fail").observe(seconds)
+        if ok:
+            self.version_images.labels(label).inc(images)
+        self.version_last_inference.labels(label).set(time.time())
+
+    def record_batch(self, version: int, images: int, seconds: float) -> None:
+        """One model call of `version`: the batch histograms, and the version's executions."""
+        self.batch_images.observe(images)
+        self.inference_seconds.observe(seconds)
+        self.version_executions.labels(str(version)).observe(seconds)
+
+    def version_stats(self, version: int) -> VersionStats:
+        """What `record_inference` and `record_batch` counted for `version` in this process
+        (with WORKERS > 1: in the process that answers)."""
+        label = str(version)
+
+        def sample(name: str, **labels: str) -> float:
+            return self.registry.get_sample_value(name, {"version": label, **labels}) or 0.0
+
+        def duration(histogram: str, **labels: str) -> tuple[int, float]:
+            return int(sample(f"{histogram}_count", **labels)), sample(f"{histogram}_sum", **labels)
+
+        requests = "model_inference_request_duration_seconds"
+        return VersionStats(
+            success=duration(requests, outcome="success"),
+            fail=duration(requests, outcome="fail"),
+            executions=duration("model_execution_duration_seconds"),
+            images=int(sample("model_images_classified_total")),
+            last_inference_s=sample("model_last_inference_timestamp_seconds"),
         )
 
     def show_model(self, name: str, version: str, backend: str, precision: str) -> None:

@@ -44,6 +44,15 @@ class ServedVersion:
 
 
 @dataclass(frozen=True)
+class VersionState:
+    """One version folder as the repository index shows it: READY, or UNAVAILABLE and why."""
+
+    version: str  # the folder's name ("" for MODEL_DIR itself when it was never loaded)
+    state: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class RepositoryEvent:
     """What a poll did, for metrics and logs: `loaded`, `refused` or `unloaded`."""
 
@@ -79,6 +88,7 @@ class ModelRepository:
         self._by_folder: dict[int, ServedVersion] = {}  # folder's version (-1: MODEL_DIR itself)
         self._served: dict[int, ServedVersion] = {}  # metadata's version
         self._refused: dict[int, tuple[int, ...]] = {}  # version -> fingerprint when it failed
+        self._refusals: dict[int, str] = {}  # version -> why it failed, for the index
         self._unloading: set[asyncio.Task[None]] = set()
         self._poll_lock = asyncio.Lock()
         self._last_refusal: ModelLoadError | None = None
@@ -117,6 +127,27 @@ class ModelRepository:
     @property
     def queued_images(self) -> int:
         return sum(served.batcher.queued_images for served in self._served.values())
+
+    def index(self) -> list[VersionState]:
+        """Every version folder now, highest first: READY when it serves, else UNAVAILABLE
+        and why (refused, left out by the policy, unloaded, or not polled yet)."""
+        states = []
+        for version in sorted(self._scan(), reverse=True):
+            served = self._by_folder.get(version)
+            name = str(version) if version != -1 else str(served.version if served else "")
+            if served is not None:
+                states.append(VersionState(name, "READY"))
+                continue
+            if version in self._refused:
+                reason = f"refused: {self._refusals.get(version, 'it failed to load')}"
+            elif not self._by_folder:
+                reason = "unloaded"
+            elif not self.policy.allows(version) or version < min(self._by_folder):
+                reason = f"not chosen by MODEL_VERSION_POLICY={self.policy}"
+            else:
+                reason = "not loaded yet: the next poll or a load does"
+            states.append(VersionState(name, "UNAVAILABLE", reason))
+        return states
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -206,6 +237,7 @@ class ModelRepository:
             self._check_identity(classifier, version)
         except ModelLoadError as exc:
             self._refused[version] = fingerprint
+            self._refusals[version] = exc.reason
             self._last_refusal = exc
             events.append(
                 RepositoryEvent("refused", None if version == -1 else version, path, exc.reason)

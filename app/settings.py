@@ -238,6 +238,8 @@ class Settings(BaseSettings):
             )
         return self
 
+    # Each `effective_<setting>` below is that setting as set, else derived from the CPU quota.
+
     @property
     def cpus(self) -> int:
         return available_cpus()
@@ -252,29 +254,31 @@ class Settings(BaseSettings):
         return max(1, self.cpus // self.processes)
 
     @property
-    def batch_workers(self) -> int:
+    def effective_inference_workers(self) -> int:
         # Per process, whatever WORKERS is: with WORKERS=2 on 2 CPUs, two 1-thread batches per
         # process beat one by 6-8 % (a process may use the CPU the other leaves idle).
         return self.inference_workers or min(2, self.cpus)
 
     @property
-    def tf_intra_op_threads(self) -> int:
+    def effective_intra_op_threads(self) -> int:
         """The process's CPUs shared out between the batches that run at once."""
-        return self.intra_op_threads or max(1, self.cpus_per_process // self.batch_workers)
+        return self.intra_op_threads or max(
+            1, self.cpus_per_process // self.effective_inference_workers
+        )
 
     @property
-    def tf_inter_op_threads(self) -> int:
+    def effective_inter_op_threads(self) -> int:
         """One per concurrent batch: with a single one, TensorFlow runs them in turn."""
-        return self.inter_op_threads or self.batch_workers
+        return self.inter_op_threads or self.effective_inference_workers
 
     @property
-    def openvino_threads(self) -> int:
+    def effective_inference_threads(self) -> int:
         """The whole quota in every process: a lone large request gets every core, and under
         load the OS shares them out (benchmarks/results/split.md)."""
         return self.inference_threads or self.cpus
 
     @property
-    def image_decode_threads(self) -> int:
+    def effective_decode_threads(self) -> int:
         """Like OpenVINO's threads, the whole quota in every process: with WORKERS > 1 the
         kernel spreads connections unevenly, and a process decoding more photos than the other
         may use the CPU it leaves idle (benchmarks/results/split.md)."""
@@ -284,7 +288,7 @@ class Settings(BaseSettings):
     def full_size_decodes(self) -> int:
         """Full-size decodes at once per process: their memory stays what CPUs / WORKERS
         threads allowed before every process could decode on every CPU."""
-        return min(self.image_decode_threads, self.cpus_per_process)
+        return min(self.effective_decode_threads, self.cpus_per_process)
 
 
 @lru_cache

@@ -1,15 +1,18 @@
-"""The Open Inference Protocol's repository extension: load and unload, behind the admin key.
+"""The Open Inference Protocol's repository extension: index, load, unload; the admin key's.
 
 Its own router so that its guard is its own: `require_admin_key` (ADMIN_API_KEY), never the
 inference key, which may classify but not take the model away from everyone.
 """
+
+import json
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from app.errors import ApiError
 from app.repository import ModelRepository
-from app.routers.inference_protocol import ERRORS, ModelName, check_name
+from app.routers.v2 import ERRORS, ModelName, check_name
 
 router = APIRouter(prefix="/v2/repository", tags=["open inference protocol"])
 
@@ -38,3 +41,21 @@ async def unload_model(request: Request, name: ModelName) -> JSONResponse:
     a load, or the next poll when MODEL_POLL_S > 0."""
     await _repository(request, name).unload()
     return JSONResponse({})
+
+
+@router.post("/index", responses=ERRORS)
+async def repository_index(request: Request) -> list[dict[str, Any]]:
+    """Every version folder: READY, or UNAVAILABLE and why (`{"ready": true}`: ready ones)."""
+    repository: ModelRepository = request.app.state.repository
+    body = await request.body()
+    try:
+        ready_only = bool(body.strip()) and json.loads(body).get("ready") is True
+    except (ValueError, AttributeError):
+        raise ApiError(
+            400, "invalid_request", 'the body is {"ready": true|false} or empty'
+        ) from None
+    return [
+        {"name": repository.name, "version": v.version, "state": v.state, "reason": v.reason}
+        for v in repository.index()
+        if v.state == "READY" or not ready_only
+    ]

@@ -199,6 +199,10 @@ def json_request(images: np.ndarray, **tensor: Any) -> dict[str, Any]:
             400,
             "classification",
         ),
+        (json_request(pixels(1), shape=[-1, 32, 32, 3]), 400, "-1 is only for"),
+        (json_request(pixels(1), data=["7"] * 3072), 400, "'7' (str)"),
+        (json_request(pixels(1), data=[True] * 3072), 400, "True (bool)"),
+        (json_request(pixels(1), data=[[7] * 3071 + [False]]), 400, "False (bool)"),
         ({"inputs": []}, 400, "inputs"),
         (b"{not json", 400, "invalid inference request"),
         (b"[]", 400, "invalid inference request"),
@@ -391,3 +395,61 @@ def test_a_binary_data_size_that_is_not_a_byte_count_is_a_400(client: Any, size:
     )
 
     assert response.status_code == 400 and "byte count" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("shape", "datatype", "raw"),
+    [([0, 32, 32, 3], "UINT8", b""), ([0], "BYTES", b""), ([0, 1], "BYTES", b"")],
+)
+def test_a_batch_of_zero_images_is_a_400_for_binary_inputs(
+    client: Any, shape: list[int], datatype: str, raw: bytes
+) -> None:
+    response = infer_binary(client, shape, datatype, raw)
+
+    assert response.status_code == 400, response.text
+    assert set(response.json()) == {"error"} and "a batch of 0 images" in response.json()["error"]
+
+
+def test_a_batch_of_zero_images_is_a_400_for_json_data(client: Any) -> None:
+    response = infer(client, json_request(pixels(1), shape=[0, 32, 32, 3], data=[]))
+
+    assert response.status_code == 400 and "a batch of 0 images" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("shape", "datatype", "raw"),
+    [
+        ([-1], "BYTES", bytes_elements([png(pixels(1)[0])])),
+        ([1, -1], "BYTES", bytes_elements([png(pixels(1)[0])])),
+        ([-1, 32, 32, 3], "UINT8", bytes(3072)),
+    ],
+)
+def test_a_minus_one_in_a_request_shape_is_named(
+    client: Any, shape: list[int], datatype: str, raw: bytes
+) -> None:
+    response = infer_binary(client, shape, datatype, raw)
+
+    assert response.status_code == 400, response.text
+    assert f"has shape {shape}: a request's shape gives every size" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("shape", "datatype", "raw"),
+    [
+        ([65, 32, 32, 3], "UINT8", bytes(65 * 3072)),
+        ([65], "BYTES", bytes_elements([b"x"] * 65)),
+    ],
+)
+def test_one_image_past_the_limit_is_a_413_for_binary_inputs(
+    client: Any, shape: list[int], datatype: str, raw: bytes
+) -> None:
+    response = infer_binary(client, shape, datatype, raw)
+
+    assert response.status_code == 413 and "MAX_IMAGES_PER_REQUEST" in response.json()["error"]
+
+
+def test_uint8_binary_at_the_limit_is_classified(client: Any) -> None:
+    response = infer_binary(client, [64, 32, 32, 3], "UINT8", pixels(64).tobytes())
+
+    assert response.status_code == 200, response.text
+    assert response.json()["outputs"][0]["shape"] == [64, len(LABELS)]

@@ -16,10 +16,10 @@ def test_thread_defaults_share_the_quota_between_workers(
 
     settings = Settings(workers=1)
 
-    assert settings.batch_workers == workers
-    assert settings.tf_intra_op_threads == intra_op
-    assert settings.tf_inter_op_threads == inter_op
-    assert settings.batch_workers * settings.tf_intra_op_threads <= cpus
+    assert settings.effective_inference_workers == workers
+    assert settings.effective_intra_op_threads == intra_op
+    assert settings.effective_inter_op_threads == inter_op
+    assert settings.effective_inference_workers * settings.effective_intra_op_threads <= cpus
 
 
 def test_explicit_thread_settings_win(monkeypatch) -> None:
@@ -27,32 +27,42 @@ def test_explicit_thread_settings_win(monkeypatch) -> None:
 
     settings = Settings(inference_workers=1, intra_op_threads=3, inter_op_threads=2)
 
-    assert (settings.batch_workers, settings.tf_intra_op_threads) == (1, 3)
-    assert settings.tf_inter_op_threads == 2
+    assert (settings.effective_inference_workers, settings.effective_intra_op_threads) == (1, 3)
+    assert settings.effective_inter_op_threads == 2
 
 
 @pytest.mark.parametrize(
-    ("cpus", "processes", "per_process", "batch_workers", "intra_op"),
+    ("cpus", "processes", "per_process", "effective_inference_workers", "intra_op"),
     [(1, 1, 1, 1, 1), (2, 2, 1, 2, 1), (8, 2, 4, 2, 2), (8, 3, 2, 2, 1), (2, 4, 1, 2, 1)],
 )
 def test_worker_processes_share_the_quota(
-    monkeypatch, cpus: int, processes: int, per_process: int, batch_workers: int, intra_op: int
+    monkeypatch,
+    cpus: int,
+    processes: int,
+    per_process: int,
+    effective_inference_workers: int,
+    intra_op: int,
 ) -> None:
     monkeypatch.setattr("app.settings.available_cpus", lambda: cpus)
 
     settings = Settings(workers=processes)
 
     assert (settings.processes, settings.cpus_per_process) == (processes, per_process)
-    assert (settings.batch_workers, settings.tf_intra_op_threads) == (batch_workers, intra_op)
+    assert (settings.effective_inference_workers, settings.effective_intra_op_threads) == (
+        effective_inference_workers,
+        intra_op,
+    )
     # every process may decode on every CPU; full-size decodes keep the per-process share
-    assert (settings.image_decode_threads, settings.full_size_decodes) == (cpus, per_process)
+    assert (settings.effective_decode_threads, settings.full_size_decodes) == (cpus, per_process)
 
 
 def test_workers_default_to_the_cpus_of_the_quota(monkeypatch) -> None:
     monkeypatch.setattr("app.settings.available_cpus", lambda: 4)
 
     assert Settings().processes == 4
-    assert Settings(workers=2, inference_workers=3, intra_op_threads=5).tf_intra_op_threads == 5
+    assert (
+        Settings(workers=2, inference_workers=3, intra_op_threads=5).effective_intra_op_threads == 5
+    )
 
 
 @pytest.mark.parametrize("processes", [1, 2, 4])
@@ -61,5 +71,5 @@ def test_each_openvino_call_may_use_the_whole_quota_whatever_the_processes(
 ) -> None:
     monkeypatch.setattr("app.settings.available_cpus", lambda: 4)
 
-    assert Settings(workers=processes).openvino_threads == 4
-    assert Settings(workers=processes, inference_threads=1).openvino_threads == 1
+    assert Settings(workers=processes).effective_inference_threads == 4
+    assert Settings(workers=processes, inference_threads=1).effective_inference_threads == 1

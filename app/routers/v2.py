@@ -2,10 +2,14 @@
 Seldon and OpenVINO Model Server speak, so `tritonclient` and the `kserve` SDK work unchanged.
 
 Tensors go through the same batcher as /predict; encoded image files (a BYTES input) go through
-the same decoding. Errors are the protocol's `{"error": "..."}` (see app.errors).
+the same decoding. Beside infer: Triton's model configuration and statistics extensions, and
+gzip or deflate bodies both ways. The wire format and the answers' JSON live in
+app.inference_protocol; errors are the protocol's `{"error": "..."}` (see app.errors).
 """
 
 import asyncio
+import gzip
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, get_args
@@ -16,8 +20,8 @@ from fastapi.responses import JSONResponse
 
 from app import inference_protocol as oip
 from app import openapi, serving
-from app.contract import Views, is_version_name
-from app.deps import DecodePoolDep, RepositoryDep, SettingsDep, serving_ready
+from app.contract import INPUT_NAME, OUTPUT_NAME, Views, is_version_name
+from app.deps import DecodePoolDep, RepositoryDep, SettingsDep, counted, hold, serving_ready
 from app.errors import ApiError
 from app.inference_protocol import (
     InferenceRequest,
@@ -26,13 +30,13 @@ from app.inference_protocol import (
     ModelReadyResponse,
     ProtocolError,
     ReadyResponse,
-    RequestOutput,
-    ResponseOutput,
     ServerMetadata,
     TensorMetadata,
 )
+from app.limits import ENCODINGS, inflate
+from app.metrics import Metrics
 from app.model import Classifier
-from app.repository import ModelRepository, ServedVersion, VersionNotFound
+from app.repository import ModelRepository, ServedVersion
 from app.settings import Settings
 from app.uploads import Upload
 
@@ -40,9 +44,15 @@ router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 # Health and server metadata stay open when an API key guards the rest, as /health does.
 health_router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 
-INPUT = "images"
-OUTPUT = "probabilities"
-EXTENSIONS = ["binary_tensor_data", "classification", "model_repository"]
+INPUT = INPUT_NAME
+OUTPUT = OUTPUT_NAME
+EXTENSIONS = [
+    "binary_tensor_data",
+    "classification",
+    "model_configuration",
+    "model_repository",
+    "statistics",
+]
 ModelName = Annotated[str, Path(description="The served model's name, e.g. `cifar10`.")]
 Version = Annotated[str, Path(description="An integer version that is loaded.")]
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -57,9 +67,12 @@ ERRORS: dict[int | str, dict[str, Any]] = {
          "missing or wrong X-API-Key header"),
         (403, "The repository API without ADMIN_API_KEY set, or with the inference key.",
          "set ADMIN_API_KEY to use the repository API"),
-        (404, "No such model or version.", "version 7 of model 'cifar10' is not loaded"),
-        (413, "More images than MAX_IMAGES_PER_REQUEST, or a body over MAX_UPLOAD_BYTES.",
+        (404, "No such model or version.", "version 7 is not loaded (loaded: [2])"),
+        (413, "More images than MAX_IMAGES_PER_REQUEST, or a body over MAX_UPLOAD_BYTES "
+         "(a compressed one: once inflated).",
          "65 images in one request; the limit is 64 (MAX_IMAGES_PER_REQUEST)"),
+        (415, "A Content-Encoding other than gzip or deflate, or a BYTES element that is not "
+         "an image.", "Content-Encoding 'br' is not accepted: send gzip, deflate or identity"),
         (503, "Not ready, draining, or the queue is full.", "too many images are waiting"),
     )
 }  # fmt: skip
@@ -86,20 +99,13 @@ INFER_BODY = {
 
 @contextmanager
 def _hold(repository: ModelRepository, name: str, version: str | None) -> Iterator[ServedVersion]:
-    """The named version (default: the highest loaded), held for this request."""
+    """The named version (default: the highest loaded) of the named model, held for this
+    request by the one hold every route uses."""
     check_name(repository, name)
     if version is not None and not is_version_name(version):
         raise ApiError(404, "not_found", f"version '{version}' is not an integer")
-    try:
-        served = repository.acquire(None if version is None else int(version))
-    except VersionNotFound as exc:
-        raise ApiError(
-            404, "version_not_found", f"version {exc.version} of model '{name}' is not loaded"
-        ) from None
-    try:
+    with hold(repository, None if version is None else int(version)) as served:
         yield served
-    finally:
-        repository.release(served)
 
 
 @health_router.get("", response_model=ServerMetadata)
@@ -124,6 +130,32 @@ async def server_ready(request: Request) -> ReadyResponse | JSONResponse:
     return JSONResponse({"ready": False}, status_code=503)
 
 
+# Before /models/{name}: tritonclient asks /models/stats for every model (here: the one).
+@router.get("/models/stats", responses=ERRORS)
+@router.get("/models/{name}/stats", responses=ERRORS)
+@router.get("/models/{name}/versions/{version}/stats", responses=ERRORS)
+async def model_statistics(
+    request: Request,
+    repository: RepositoryDep,
+    name: ModelName | None = None,
+    version: Version | None = None,
+) -> dict[str, Any]:
+    """Triton's statistics extension: inference requests per loaded version (default: all)."""
+    name = name or str(repository.name)
+    if version is None:
+        check_name(repository, name)
+        versions = repository.versions
+    else:
+        with _hold(repository, name, version) as served:
+            versions = [served.version]
+    metrics: Metrics = request.app.state.metrics
+    return {
+        "model_stats": [
+            oip.model_statistics(name, str(v), metrics.version_stats(v)) for v in versions
+        ]
+    }
+
+
 @router.get("/models/{name}", response_model=ModelMetadata, responses=ERRORS)
 @router.get("/models/{name}/versions/{version}", response_model=ModelMetadata, responses=ERRORS)
 async def model_metadata(
@@ -143,6 +175,26 @@ async def model_ready(
     """200 when that version is loaded (default: any); 404 when it is not."""
     with _hold(repository, name, version):
         return ModelReadyResponse(name=name, ready=True)
+
+
+@router.get("/models/{name}/config", responses=ERRORS)
+@router.get("/models/{name}/versions/{version}/config", responses=ERRORS)
+async def model_config(
+    repository: RepositoryDep,
+    settings: SettingsDep,
+    name: ModelName,
+    version: Version | None = None,
+) -> dict[str, Any]:
+    """Triton's model configuration, from the loaded version and the batching settings."""
+    with _hold(repository, name, version) as served:
+        metadata = _metadata(served.classifier, repository)
+        return oip.model_config(
+            metadata,
+            backend=metadata.parameters["backend"],
+            max_batch_size=settings.max_batch_size,
+            max_batch_delay_ms=settings.max_batch_delay_ms,
+            policy=settings.version_policy,
+        )
 
 
 @router.post(
@@ -168,9 +220,7 @@ async def infer(
     """Classify a UINT8 tensor `images` [N, 32, 32, 3], or encoded image files as a BYTES
     tensor `images` [N] (binary data). JSON or the binary tensor data extension, both ways."""
     deadline = _now() + settings.request_timeout_s
-    if request.headers.get("content-encoding", "identity") != "identity":
-        raise ApiError(415, "unsupported_media_type", "compressed requests are not accepted")
-    body = await request.body()
+    body = await _read_body(request, settings.max_upload_bytes)
     default = repository.get().classifier
     limit = oip.json_limit(settings.max_images_per_request, default.height, default.width)
     with _protocol_errors():
@@ -182,9 +232,10 @@ async def infer(
             request.headers.get(oip.HEADER_LENGTH),
             limit,
         )
-    with _hold(repository, name, version) as served:
+    with _hold(repository, name, version) as served, counted(request, served):
         classifier, batcher = served.classifier, served.batcher
-        outputs = _requested_outputs(parsed, len(classifier.labels))
+        with _protocol_errors():
+            outputs = oip.requested_outputs(parsed, OUTPUT, len(classifier.labels))
         views = serving.resolve_views(_requested_views(parsed), settings.views, classifier)
         images, probabilities = await serving.classify(
             request,
@@ -202,26 +253,49 @@ async def infer(
             parameters={"views": views or "fixed"},
             outputs=[],
         )
-        tensors: dict[str, tuple[np.ndarray | list[bytes], bool]] = {}
-        for requested in outputs:
-            count = requested.parameters.get("classification")
-            if count:
-                value: np.ndarray | list[bytes] = _classification(
-                    probabilities, classifier.labels, int(count)
-                )
-                shape, datatype = [len(images), int(count)], "BYTES"
-            else:
-                value, shape, datatype = probabilities, list(probabilities.shape), "FP32"
-            response.outputs.append(ResponseOutput(name=OUTPUT, shape=shape, datatype=datatype))
-            tensors[OUTPUT] = (value, oip.wants_binary(parsed, requested))
-    body, header_length = oip.encode_response(response, tensors)
-    if header_length is None:
-        return Response(body, media_type="application/json")
-    return Response(
-        body,
-        media_type=oip.BINARY_CONTENT_TYPE,
-        headers={"Inference-Header-Content-Length": str(header_length)},
+    body, header_length = oip.encode_classified(
+        response, parsed, outputs, probabilities, classifier.labels
     )
+    headers = (
+        {} if header_length is None else {"Inference-Header-Content-Length": str(header_length)}
+    )
+    media_type = "application/json" if header_length is None else oip.BINARY_CONTENT_TYPE
+    return _compressed(Response(body, media_type=media_type, headers=headers), request)
+
+
+async def _read_body(request: Request, max_bytes: int) -> bytes:
+    """The body, inflated when it is sent gzip or deflate (counted against MAX_UPLOAD_BYTES
+    after inflating, see app.limits)."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding == "identity":
+        return await request.body()
+    if encoding not in ENCODINGS:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"Content-Encoding '{encoding}' is not accepted: send gzip, deflate or identity",
+        )
+    return await inflate(request.stream(), encoding, max_bytes)
+
+
+def _compressed(response: Response, request: Request) -> Response:
+    """The answer gzip- or deflate-compressed when the client accepts it (tritonclient's
+    response_compression_algorithm). The whole body is compressed, so
+    Inference-Header-Content-Length still counts the JSON before compression, as Triton's."""
+    accepted = {
+        token.split(";")[0].strip().lower()
+        for token in request.headers.get("accept-encoding", "").split(",")
+        if "q=0" not in token.replace(" ", "").split(";")[1:]
+    }
+    encoding = next((e for e in ("gzip", "deflate") if e in accepted), None)
+    response.headers["Vary"] = "Accept-Encoding"
+    if encoding is None:
+        return response
+    body = gzip.compress(response.body) if encoding == "gzip" else zlib.compress(response.body)
+    response.body = body
+    response.headers["Content-Encoding"] = encoding
+    response.headers["Content-Length"] = str(len(body))
+    return response
 
 
 def check_name(repository: ModelRepository, name: str) -> None:
@@ -241,22 +315,6 @@ def _protocol_errors() -> Iterator[None]:
         yield
     except ProtocolError as exc:
         raise ApiError(exc.status, "invalid_inference_request", exc.message) from None
-
-
-def _requested_outputs(request: InferenceRequest, labels: int) -> list[RequestOutput]:
-    """The outputs asked for (default: probabilities), each checked."""
-    outputs = request.outputs or [RequestOutput(name=OUTPUT)]
-    if len(outputs) > 1 or outputs[0].name != OUTPUT:
-        names = [output.name for output in outputs]
-        raise ApiError(
-            400, "invalid_inference_request", f"outputs {names}: the model has one, '{OUTPUT}'"
-        )
-    count = outputs[0].parameters.get("classification", 0)
-    if not isinstance(count, int) or not 0 <= count <= labels:
-        raise ApiError(
-            400, "invalid_inference_request", f"classification must be an integer 0..{labels}"
-        )
-    return outputs
 
 
 def _requested_views(request: InferenceRequest) -> Views | None:
@@ -287,6 +345,12 @@ async def _input_images(
     tensor, raw = request.inputs[0], chunks[0]
     limit = settings.max_images_per_request
     count = tensor.shape[0] if tensor.shape else 0
+    if tensor.shape and count == 0:
+        raise ApiError(
+            400,
+            "invalid_inference_request",
+            f"input '{INPUT}' has shape {tensor.shape}: a batch of 0 images; send at least one",
+        )
     if count > limit:
         raise ApiError(
             413,
@@ -306,16 +370,6 @@ async def _input_images(
     return await serving.decode_all(
         uploads, names, classifier, settings.max_image_pixels, decode_pool
     )
-
-
-def _classification(probabilities: np.ndarray, labels: tuple[str, ...], k: int) -> list[bytes]:
-    """Triton's classification extension: per image the k best as "probability:index:label"."""
-    best = np.argsort(-probabilities, axis=1)[:, :k]
-    return [
-        f"{row[i]:f}:{i}:{labels[i]}".encode()
-        for row, indices in zip(probabilities, best, strict=True)
-        for i in indices
-    ]
 
 
 def _metadata(classifier: Classifier, repository: ModelRepository) -> ModelMetadata:
