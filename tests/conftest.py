@@ -139,6 +139,20 @@ def make_client(tiny_model_dir: Path) -> Iterator[Callable[..., Any]]:
         client.__exit__(None, None, None)
 
 
+@pytest.fixture(scope="module")
+def shipped_client() -> Iterator[Any]:
+    """The committed model (models/cifar10, its highest version) served in-process, one per
+    test module: only a trained model gets real images right."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    settings = Settings(model_dir=REPO / "models" / "cifar10")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client
+
+
 @pytest.fixture
 def client(make_client: Callable[..., Any]) -> Any:
     return make_client()
@@ -157,6 +171,13 @@ def image_bytes(
     image = Image.fromarray(pixels).convert(mode)
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **save)
+    return buffer.getvalue()
+
+
+def png_of(pixels: np.ndarray) -> bytes:
+    """`pixels` (H, W, 3) uint8 as a lossless PNG: the service decodes exactly these pixels."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
     return buffer.getvalue()
 
 

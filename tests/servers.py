@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,16 +74,26 @@ def run_to_exit(model_dir: Path, **settings: str) -> subprocess.CompletedProcess
         )
 
 
+def http_get(port: int, path: str, timeout: float = 10) -> tuple[int, bytes]:
+    """GET `path` from a server on this machine: status and body, a 4xx or 5xx included;
+    OSError when nothing answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as reply:
+            return reply.status, reply.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
 def wait_until_healthy(port: int, process: subprocess.Popen, seconds: float = 120) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         assert process.poll() is None, f"server on {port} exited with {process.returncode}"
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as reply:
-                if reply.status == 200:
-                    return
+            if http_get(port, "/health", timeout=1)[0] == 200:
+                return
         except OSError:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.2)
     raise TimeoutError(f"server on {port} never became healthy")
 
 

@@ -4,10 +4,9 @@ import json
 import shutil
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
-from tests.servers import start_server, wait_until_healthy
+from tests.servers import http_get, start_server, wait_until_healthy
 
 # Every check but positive_data_acceptance: bytes that fit the schema (any binary) are still
 # not an image, and the API is right to answer 415 for them.
@@ -19,8 +18,7 @@ def test_schemathesis_finds_no_failure(tiny_model_dir: Path) -> None:
     st = shutil.which("st", path=str(Path(sys.executable).parent)) or "st"
     try:
         wait_until_healthy(port, server)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/openapi.json") as reply:
-            paths = json.load(reply)["paths"]
+        paths = json.loads(http_get(port, "/openapi.json")[1])["paths"]
         result = subprocess.run(
             [
                 st,

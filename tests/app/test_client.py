@@ -6,13 +6,12 @@ import io
 import json
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import LABELS, REPO, image_bytes
-from tests.servers import serving
+from tests.servers import http_get, serving
 
 
 def run_client(*args: str) -> subprocess.CompletedProcess:
@@ -78,8 +77,7 @@ def test_a_server_that_sheds_load_gets_every_image_after_retries(
         result = run_client(
             *map(str, images), "--url", url, "--batch", "16", "--concurrency", "6", "-o", str(out)
         )
-        with urllib.request.urlopen(f"{url}/metrics") as reply:
-            metrics = reply.read().decode()
+        metrics = http_get(port, "/metrics")[1].decode()
 
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(rows(out.read_text())) == 96

@@ -26,11 +26,6 @@ def served_version(model_dir: Path = SHIPPED) -> Path:
     return max(versions, key=lambda p: int(p.name))
 
 
-@pytest.fixture
-def shipped_client(make_client):
-    return make_client(model_dir=SHIPPED)
-
-
 def test_metadata_matches_the_contract() -> None:
     version_dir = served_version()
     metadata = json.loads((version_dir / "metadata.json").read_text())

@@ -9,16 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import FIXTURES, LABELS, REPO, image_bytes
+from tests.conftest import FIXTURES, LABELS, REPO, image_bytes, png_of
 
 SHIPPED = REPO / "models" / "cifar10"
 PNGS = sorted((FIXTURES / "cifar10").glob("*.png"))
-
-
-def png(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def from_data_url(url: str) -> Image.Image:
@@ -39,20 +33,6 @@ def occluded(pixels: np.ndarray, row: int, column: int, body: dict) -> np.ndarra
     copy = pixels.copy()
     copy[top : top + patch, left : left + patch] = body["fill"]
     return copy
-
-
-@pytest.fixture(scope="module")
-def shipped_client():
-    """The committed model: only a trained model has regions that matter more than others."""
-    from fastapi.testclient import TestClient
-
-    from app.main import create_app
-    from app.settings import Settings
-
-    with TestClient(
-        create_app(Settings(model_dir=SHIPPED)), raise_server_exceptions=False
-    ) as client:
-        yield client
 
 
 def test_one_map_per_image_in_range_and_the_same_answer_as_predict(make_client) -> None:
@@ -100,7 +80,7 @@ def test_input_png_is_exactly_what_the_model_classified(client) -> None:
     np.testing.assert_array_equal(
         np.asarray(seen), np.asarray(Image.open(io.BytesIO(upload)).convert("RGB"))
     )
-    again = client.post("/predict", files={"files": ("seen.png", png(np.asarray(seen)))})
+    again = client.post("/predict", files={"files": ("seen.png", png_of(np.asarray(seen)))})
     [prediction] = again.json()["predictions"]
     np.testing.assert_allclose(
         [prediction["probabilities"][label] for label in LABELS],
@@ -113,12 +93,14 @@ def test_each_value_is_the_drop_with_that_square_greyed(client) -> None:
     """The map's positions are the image's rows and columns (not transposed or flipped): the
     square greyed out here, sent to /predict, lowers the label by the map's value."""
     pixels = np.asarray(Image.open(PNGS[3]).convert("RGB"))
-    body = client.post("/explain", files={"files": ("x.png", png(pixels))}).json()
+    body = client.post("/explain", files={"files": ("x.png", png_of(pixels))}).json()
     [explanation] = body["explanations"]
     grid = np.array(explanation["sensitivity"])
     positions = [(0, 6), (6, 0), (1, 4), np.unravel_index(grid.argmax(), grid.shape)]
 
-    files = [("files", (f"{r}-{c}.png", png(occluded(pixels, r, c, body)))) for r, c in positions]
+    files = [
+        ("files", (f"{r}-{c}.png", png_of(occluded(pixels, r, c, body)))) for r, c in positions
+    ]
     predictions = client.post("/predict", files=files).json()["predictions"]
 
     label = explanation["label"]
@@ -151,8 +133,8 @@ def test_hiding_the_most_important_region_costs_more_than_the_least(shipped_clie
         most = np.unravel_index(grid.argmax(), grid.shape)
         least = np.unravel_index(grid.argmin(), grid.shape)
         files = [
-            ("files", ("most.png", png(occluded(pixels, *most, body)))),
-            ("files", ("least.png", png(occluded(pixels, *least, body)))),
+            ("files", ("most.png", png_of(occluded(pixels, *most, body)))),
+            ("files", ("least.png", png_of(occluded(pixels, *least, body)))),
         ]
         without_most, without_least = (
             p["probabilities"][explanation["label"]]

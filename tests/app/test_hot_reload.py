@@ -6,7 +6,6 @@ import re
 import shutil
 import threading
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -21,7 +20,7 @@ from app.main import create_app
 from app.repository import ServedVersion
 from app.settings import Settings
 from tests.conftest import break_version, export_tiny_model, image_bytes, until
-from tests.servers import serving
+from tests.servers import http_get, serving
 
 pytestmark = pytest.mark.anyio
 
@@ -91,11 +90,8 @@ class SteadyLoad:
 
 
 def get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as reply:
-            return reply.status, reply.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
+    status, body = http_get(port, path)
+    return status, body.decode()
 
 
 def metric(port: int, name: str) -> float:

@@ -1,6 +1,5 @@
 """The Open Inference Protocol endpoints, through the real Triton client and raw HTTP."""
 
-import io
 import json
 import struct
 from collections.abc import Iterator
@@ -10,10 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import LABELS, binary_infer_body, bytes_elements
+from tests.conftest import LABELS, binary_infer_body, bytes_elements, png_of
 from tests.servers import serving
 
 MODEL = "cifar10"
@@ -23,15 +21,9 @@ def pixels(count: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
 
 
-def png(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def predict_probabilities(client: Any, images: np.ndarray) -> np.ndarray:
     """/predict's answer for the same pixels, sent as lossless PNGs."""
-    files = [("files", (f"{i}.png", png(image), "image/png")) for i, image in enumerate(images)]
+    files = [("files", (f"{i}.png", png_of(image), "image/png")) for i, image in enumerate(images)]
     body = client.post("/predict", files=files).json()
     return np.array(
         [[p["probabilities"][label] for label in LABELS] for p in body["predictions"]],
@@ -123,7 +115,7 @@ def test_infer_equals_predict_on_the_same_pixels(
 def test_encoded_image_files_as_bytes_are_decoded_like_predict(client: Any) -> None:
     images = pixels(2, seed=5)
     files = triton.InferInput("images", [2], "BYTES")
-    files.set_data_from_numpy(np.array([png(i) for i in images], dtype=np.object_))
+    files.set_data_from_numpy(np.array([png_of(i) for i in images], dtype=np.object_))
 
     result = triton_infer(client, [files], version="1")
 
@@ -253,7 +245,7 @@ def test_truncated_bytes_elements_are_refused(client: Any) -> None:
 
 
 def test_a_bytes_element_that_is_not_an_image_names_it(client: Any) -> None:
-    items = [png(pixels(1)[0]), b"plain text, not an image"]
+    items = [png_of(pixels(1)[0]), b"plain text, not an image"]
     raw = bytes_elements(items)
 
     response = infer_binary(client, [2], "BYTES", raw)
@@ -419,8 +411,8 @@ def test_a_batch_of_zero_images_is_a_400_for_json_data(client: Any) -> None:
 @pytest.mark.parametrize(
     ("shape", "datatype", "raw"),
     [
-        ([-1], "BYTES", bytes_elements([png(pixels(1)[0])])),
-        ([1, -1], "BYTES", bytes_elements([png(pixels(1)[0])])),
+        ([-1], "BYTES", bytes_elements([png_of(pixels(1)[0])])),
+        ([1, -1], "BYTES", bytes_elements([png_of(pixels(1)[0])])),
         ([-1, 32, 32, 3], "UINT8", bytes(3072)),
     ],
 )

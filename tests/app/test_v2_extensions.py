@@ -22,8 +22,10 @@ from app import inference_protocol as oip
 from app.errors import ApiError
 from app.limits import inflate
 from app.metrics import Metrics
-from tests.conftest import LABELS, break_version, bytes_elements
+from tests.conftest import LABELS, break_version, bytes_elements, png_of
 from tests.servers import serving
+
+A_PNG = png_of(np.random.default_rng(4).integers(0, 256, (32, 32, 3), dtype=np.uint8))
 
 MODEL = "cifar10"
 ADMIN = {"X-API-Key": "admin"}
@@ -123,7 +125,7 @@ def test_statistics_count_every_inference_route_per_version(server: Any) -> None
     wrong.set_data_from_numpy(np.zeros((1, 32, 32, 3), np.uint8))
     with pytest.raises(InferenceServerException):  # a 400: counted as a failure
         client.infer(MODEL, [wrong], outputs=[triton.InferRequestedOutput("logits")])
-    png = httpx.post(f"http://127.0.0.1:{port}/predict", files={"files": _png()}, timeout=30)
+    png = httpx.post(f"http://127.0.0.1:{port}/predict", files={"files": A_PNG}, timeout=30)
     assert png.status_code == 200, png.text
 
     stats = client.get_inference_statistics(MODEL)
@@ -154,16 +156,6 @@ def test_statistics_count_every_inference_route_per_version(server: Any) -> None
         f'model_inference_request_duration_seconds_count{{outcome="success",version="1"}} '
         f"{float(success)}" in lines
     ), lines
-
-
-def _png() -> bytes:
-    import io
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(pixels(1, seed=4)[0]).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def test_repository_index_lists_every_version_folder_and_why(server: Any) -> None:
@@ -303,13 +295,13 @@ def test_a_gzip_answer_keeps_the_binary_header_length_of_the_json(client: Any) -
                     "name": "images",
                     "shape": [1],
                     "datatype": "BYTES",
-                    "parameters": {"binary_data_size": len(bytes_elements([_png()]))},
+                    "parameters": {"binary_data_size": len(bytes_elements([A_PNG]))},
                 }
             ],
             "parameters": {"binary_data_output": True},
         }
     ).encode()
-    body = header + bytes_elements([_png()])
+    body = header + bytes_elements([A_PNG])
     headers = {"Inference-Header-Content-Length": str(len(header)), "Accept-Encoding": "gzip"}
 
     with client.stream("POST", f"/v2/models/{MODEL}/infer", content=body, headers=headers) as raw:

@@ -6,15 +6,13 @@ import signal
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import REPO, image_bytes
-from tests.servers import free_port, start_server, wait_until_healthy
+from tests.servers import free_port, http_get, start_server, wait_until_healthy
 
 NGINX_TEMPLATE = REPO / "deploy" / "nginx" / "nginx.conf.template"
 DRAIN_DELAY_S = 3  # how long the draining instance says 503 before its listener closes
@@ -27,10 +25,7 @@ pytestmark = pytest.mark.skipif(
 def health_status(port: int) -> int | None:
     """/health's status, or None when nothing answers."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as reply:
-            return reply.status
-    except urllib.error.HTTPError as error:
-        return error.code
+        return http_get(port, "/health", timeout=5)[0]
     except OSError:
         return None
 

@@ -6,10 +6,8 @@ import json
 import select
 import socket
 import time
-import urllib.error
-import urllib.request
 
-from tests.servers import serving
+from tests.servers import http_get, serving
 
 STALLED = 300
 HALF_A_HEAD = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-"
@@ -25,11 +23,8 @@ def open_stalled(port: int, count: int) -> list[socket.socket]:
 
 
 def health(port: int) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as reply:
-            return reply.status, json.loads(reply.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+    status, body = http_get(port, "/health")
+    return status, json.loads(body)
 
 
 def read_until_closed(sock: socket.socket, deadline: float) -> bytes | None:
