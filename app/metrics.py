@@ -89,8 +89,10 @@ class Metrics:
             ["event"],
             registry=r,
         )
+        self._per_version(r)
 
-        # Per model version, for the statistics extension (GET /v2/models/NAME/stats) too.
+    def _per_version(self, r: CollectorRegistry) -> None:
+        """Per model version, for the statistics extension (GET /v2/models/NAME/stats) too."""
         self.version_requests = Histogram(
             "model_inference_request_duration_seconds",
             "Inference requests (/predict, /explain, /v2 infer) per model version and outcome "

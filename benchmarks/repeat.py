@@ -15,19 +15,7 @@ import tempfile
 from pathlib import Path
 
 from app.model import load_classifier
-from benchmarks.run import (
-    RESULTS,
-    ROOT,
-    bare_rate,
-    cpu_model,
-    drive,
-    ensure_wrk,
-    make_payloads,
-    settle,
-    shown,
-    start,
-    stop,
-)
+from benchmarks import run
 
 PORT = 8103
 
@@ -36,9 +24,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=6)
     parser.add_argument("--duration", type=float, default=10, help="seconds per wrk run")
-    parser.add_argument("--model", type=Path, default=ROOT / "models" / "cifar10")
+    parser.add_argument("--model", type=Path, default=run.ROOT / "models" / "cifar10")
     args = parser.parse_args()
-    ensure_wrk()
+    run.ensure_wrk()
 
     env = os.environ | {
         "MODEL_DIR": str(args.model),
@@ -50,25 +38,25 @@ def main() -> None:
     rates, bares = [], []
     with tempfile.TemporaryDirectory() as tmp:
         payload = Path(tmp) / "png32.png"
-        make_payloads(Path(tmp))
-        for run in range(args.runs):
-            service = start([sys.executable, "-m", "app"], PORT, env)
+        run.make_payloads(Path(tmp))
+        for attempt in range(args.runs):
+            service = run.start([sys.executable, "-m", "app"], PORT, env)
             try:
-                settle(service)  # every worker process loaded
-                drive(PORT, payload, 1, 8, 2)  # warm-up, not recorded
-                stats = drive(PORT, payload, 1, 64, args.duration)
+                run.settle(service)  # every worker process loaded
+                run.drive(PORT, payload, 1, 8, 2)  # warm-up, not recorded
+                stats = run.drive(PORT, payload, 1, 64, args.duration)
             finally:
-                stop(service)  # the bare model gets the machine to itself, as in benchmarks.run
+                run.stop(service)  # the bare model gets the machine to itself, as in benchmarks.run
             if stats["errors"]:
-                sys.exit(f"run {run + 1}: {stats['errors']} errors")
+                sys.exit(f"run {attempt + 1}: {stats['errors']} errors")
             rates.append(stats["requests"] / (stats["duration_us"] / 1e6))
-            bares.append(bare_rate(classifier, 256, seconds=5))
-            print(f"run {run + 1}: {rates[-1]:.1f} vs bare {bares[-1]:.1f}", flush=True)
+            bares.append(run.bare_rate(classifier, 256, seconds=5))
+            print(f"run {attempt + 1}: {rates[-1]:.1f} vs bare {bares[-1]:.1f}", flush=True)
     ratios = [rate / bare for rate, bare in zip(rates, bares, strict=True)]
     lines = [
         f"Measured by `python -m benchmarks.repeat --runs {args.runs} --duration "
-        f"{args.duration:g} --model {shown(args.model)}` on {os.cpu_count()} CPUs "
-        f"({cpu_model()}): the service ({classifier.backend} {classifier.precision}), 32x32 "
+        f"{args.duration:g} --model {run.shown(args.model)}` on {os.cpu_count()} CPUs "
+        f"({run.cpu_model()}): the service ({classifier.backend} {classifier.precision}), 32x32 "
         "PNG, one image per request, concurrency 64, against the bare model at batch 256 "
         "measured right after each run.",
         "",
@@ -82,8 +70,8 @@ def main() -> None:
         f"Median {statistics.median(ratios):.2f}, lowest {min(ratios):.2f}, "
         f"highest {max(ratios):.2f}.",
     ]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "serving_repeats.md").write_text("\n".join(lines) + "\n")
+    run.RESULTS.mkdir(parents=True, exist_ok=True)
+    (run.RESULTS / "serving_repeats.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

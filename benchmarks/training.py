@@ -32,7 +32,7 @@ def measure(arch: str, precision_name: str, seconds: float) -> float:
     import numpy as np
 
     from training import hardware
-    from training.train import FAST_HYP, SEED_HYP, build
+    from training.recipe import FAST_HYP, SEED_HYP, build
 
     hyp = dict(FAST_HYP if arch == "fast" else SEED_HYP)
     batch = hyp["batch_size"]
@@ -74,7 +74,7 @@ def main() -> None:
         return
 
     from training import hardware
-    from training.train import FAST_HYP, SEED_HYP
+    from training.recipe import FAST_HYP, SEED_HYP
 
     # Training images of each default run: --val-size 2000 for the shipped fast model, the
     # default 5000 for the seed; and its epochs.

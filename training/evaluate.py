@@ -12,10 +12,18 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from training.export import INPUT_NAME, OUTPUT_NAME, SIGNATURE_KEY, VIEWS_INPUT, read_metadata
+from training.export import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    SIGNATURE_KEY,
+    VIEWS_INPUT,
+    read_metadata,
+    view_logits,
+)
 
 
 @dataclass(frozen=True)
@@ -25,21 +33,43 @@ class Evaluation:
     predictions: np.ndarray
 
 
+def load_signature(version_dir: Path) -> Any:
+    """The SavedModel's serving signature, as the app calls it."""
+    import tensorflow as tf
+
+    return tf.saved_model.load(str(version_dir)).signatures[SIGNATURE_KEY]
+
+
 def predict_probabilities(
-    version_dir: Path,
-    images: np.ndarray,
-    batch_size: int = 1000,
-    views_below: float | None = None,
+    version_dir: Path, images: np.ndarray, views_below: float | None = None
 ) -> np.ndarray:
     """Probabilities from the SavedModel's serving signature, fed uint8 like the app feeds it:
     a model with adaptive views gets `views_below` for every image, by default its own
     threshold (metadata.json `serving.views`)."""
+    signature = load_signature(version_dir)
+    if takes_views(signature) and views_below is None:
+        views_below = read_metadata(version_dir)["serving"]["views"]["all_views_below"]
+    return signature_probabilities(signature, images, views_below=views_below)
+
+
+def takes_views(signature: Any) -> bool:
+    """Whether the signature has adaptive views' `all_views_below` input."""
+    return VIEWS_INPUT in signature.structured_input_signature[1]
+
+
+def signature_probabilities(
+    signature: Any,
+    images: np.ndarray,
+    batch_size: int = 1000,
+    views_below: float | None = None,
+) -> np.ndarray:
+    """`predict_probabilities` through a signature loaded already: one load serves many calls.
+    A signature with adaptive views needs `views_below`."""
     import tensorflow as tf
 
-    signature = tf.saved_model.load(str(version_dir)).signatures[SIGNATURE_KEY]
-    adaptive = VIEWS_INPUT in signature.structured_input_signature[1]
+    adaptive = takes_views(signature)
     if adaptive and views_below is None:
-        views_below = read_metadata(version_dir)["serving"]["views"]["all_views_below"]
+        raise ValueError("this model has adaptive views: give views_below")
 
     def call(batch: np.ndarray) -> np.ndarray:
         feed = {INPUT_NAME: tf.constant(batch, tf.uint8)}
@@ -51,6 +81,20 @@ def predict_probabilities(
         call(images[start : start + batch_size]) for start in range(0, len(images), batch_size)
     ]
     return np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)
+
+
+def validation_logits(
+    model: Any, x_val: np.ndarray, tta_level: int, batch_size: int = 500
+) -> np.ndarray:
+    """The logits the export will serve (before temperature), computed by the same function."""
+    import tensorflow as tf
+
+    return np.concatenate(
+        [
+            view_logits(model, tf.constant(x_val[i : i + batch_size], tf.float32), tta_level)
+            for i in range(0, len(x_val), batch_size)
+        ]
+    )
 
 
 def score(probabilities: np.ndarray, y_true: np.ndarray, labels: Sequence[str]) -> Evaluation:

@@ -4,12 +4,15 @@ where the CPU's name and flags are read."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import keras
 import tensorflow as tf
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
@@ -86,6 +89,18 @@ def choose_precision(requested: str = "auto") -> Precision:
     return _precision("float32", f"the CPU has none of {', '.join(BF16_CPU_FLAGS)} and no GPU")
 
 
+@contextlib.contextmanager
+def precision_policy(precision: Precision) -> Iterator[None]:
+    """Keras's global dtype policy set to `precision` (the model is built and trained under
+    it), then restored."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(precision.policy)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
 def _precision(name: str, reason: str) -> Precision:
     policy = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}[name]
     return Precision(name, policy, reason)
@@ -147,7 +162,7 @@ def choose_strategy(
     SIGTERM ignored), so the coordination service is configured first to give up after
     `cluster_wait_s`. A worker that dies later is TensorFlow's to notice: the coordination
     service's heartbeats (10-35 s after a kill on 127.0.0.1 here) or a refused connection
-    abort every collective, and the run fails on each worker (train.fit).
+    abort every collective, and the run fails on each worker (training.fit).
     """
     if worker is None:
         if len(gpus()) > 1:
@@ -172,6 +187,17 @@ def choose_strategy(
             f"{cluster_wait_s:g} s (--cluster-wait-s). Start every worker with the same "
             f"TF_CONFIG cluster and its own task. TensorFlow: {tf_reason(error)}"
         ) from error
+
+
+@dataclass(frozen=True)
+class Machine:
+    """Where a run trains: its precision, the hardware, and the distribution strategy."""
+
+    precision: Precision
+    description: str  # describe(): the CPU or GPUs, for logs and metadata
+    worker: Worker | None  # this process's place in a TF_CONFIG cluster, if any
+    strategy: tf.distribute.Strategy
+    strategy_name: str  # as metadata.json names it
 
 
 def tf_reason(error: tf.errors.OpError) -> str:

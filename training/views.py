@@ -113,23 +113,13 @@ def rebuild(version_dir: Path, x_train: np.ndarray) -> Any:
     import tensorflow as tf
 
     from training.export import read_metadata, view_logits
-    from training.models import make_fast_model
+    from training.recipe import fast_network
 
     metadata = read_metadata(version_dir)
     if metadata.get("architecture", {}).get("name") != "fast":
         raise ValueError(f"{version_dir} is not a `fast` version; only those can be rebuilt")
     hyp = metadata["training"]["hyperparameters"]
-    shape = metadata["input"]
-    model = make_fast_model(
-        (shape["height"], shape["width"], shape["channels"]),
-        len(metadata["labels"]),
-        widths=hyp["widths"],
-        batchnorm_momentum=hyp["batchnorm_momentum"],
-        bias_lr_multiplier=hyp["bias_lr_multiplier"],
-        logit_scale=hyp["logit_scale"],
-        activation=hyp["activation"],
-        train_images=x_train,
-    )
+    model = fast_network(hyp, x_train, len(metadata["labels"]))
     saved = {v.name.removesuffix(":0"): v for v in tf.saved_model.load(str(version_dir)).variables}
     missing = [w.path for w in model.weights if w.path not in saved]
     if missing:
@@ -149,7 +139,7 @@ def rebuild(version_dir: Path, x_train: np.ndarray) -> Any:
 def derive(source: Path, data: str | None, version: int | None = None) -> Path:
     """Export `source`'s weights with adaptive views as the next version of its model."""
     from training.data import load_dataset, split_validation
-    from training.evaluate import predict_probabilities, score
+    from training.evaluate import validation_logits
     from training.export import (
         GOLDEN_SIZE,
         TTA_VIEWS,
@@ -158,8 +148,7 @@ def derive(source: Path, data: str | None, version: int | None = None) -> Path:
         write_golden,
         write_metadata,
     )
-    from training.quantize import quantize_and_measure
-    from training.train import next_version, validation_logits
+    from training.publish import next_version
 
     original = read_metadata(source)
     dataset = load_dataset(data)
@@ -191,42 +180,59 @@ def derive(source: Path, data: str | None, version: int | None = None) -> Path:
         temperature=temperature,
         views=views,
     )
-    test = predict_probabilities(partial, dataset.x_test)
-    one_view = predict_probabilities(partial, dataset.x_test, views_below=0.0)
-    scored = score(test, dataset.y_test, original["labels"])
-    before = uncalibrated(test, one_view, views, temperature)
     write_golden(partial, dataset.x_test[:GOLDEN_SIZE])
     metadata = read_metadata(partial)
-    metadata["serving"]["forward_passes_per_image"] = passes(
-        one_view.max(axis=1), views.all_views_below, TTA_VIEWS[level]
-    )
-    metadata.update(
-        {
-            "derived_from": {
-                "version": f"{original['name']}/{original['version']}",
-                "how": "its weights, exported with adaptive views by `python -m training.views`; "
-                "`training` is that version's run",
-            },
-            "metrics": {
-                "test_accuracy": scored.accuracy,
-                "val_accuracy": report["val_accuracy"]["adaptive"],
-                "per_class_accuracy": scored.per_class_accuracy,
-                "test_calibration": {
-                    "ece_bins": calibration.ECE_BINS,
-                    "before": calibration.summary(before, dataset.y_test),
-                    "after": calibration.summary(test, dataset.y_test),
-                },
-                "measured_through": "serving_default signature of this SavedModel, "
-                "at its own all_views_below",
-            },
-            "serving_choice": {**original.get("serving_choice", {}), "views": report},
-            **quantize_and_measure(partial, split.x_train, dataset.x_test, dataset.y_test),
-            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        }
-    )
+    metadata.update(measured(partial, original, views, report, dataset, split.x_train))
+    metadata["serving"]["forward_passes_per_image"] = metadata.pop("test_passes_per_image")
     write_metadata(partial, metadata)
     partial.rename(final)
     return final
+
+
+def measured(
+    version_dir: Path,
+    original: dict[str, Any],
+    views: AdaptiveViews,
+    report: dict[str, Any],
+    dataset: Any,
+    x_train: np.ndarray,
+) -> dict[str, Any]:
+    """metadata.json's measured part for a derived version: test metrics through its signature
+    at its own threshold, the passes that cost, the views report, INT8 and every precision."""
+    from training.evaluate import predict_probabilities, score
+    from training.export import TTA_VIEWS
+    from training.quantize import quantize_and_measure
+
+    temperature, level = original["serving"]["temperature"], original["serving"]["tta_level"]
+    test = predict_probabilities(version_dir, dataset.x_test)
+    one_view = predict_probabilities(version_dir, dataset.x_test, views_below=0.0)
+    scored = score(test, dataset.y_test, original["labels"])
+    before = uncalibrated(test, one_view, views, temperature)
+    return {
+        "test_passes_per_image": passes(
+            one_view.max(axis=1), views.all_views_below, TTA_VIEWS[level]
+        ),
+        "derived_from": {
+            "version": f"{original['name']}/{original['version']}",
+            "how": "its weights, exported with adaptive views by `python -m training.views`; "
+            "`training` is that version's run",
+        },
+        "metrics": {
+            "test_accuracy": scored.accuracy,
+            "val_accuracy": report["val_accuracy"]["adaptive"],
+            "per_class_accuracy": scored.per_class_accuracy,
+            "test_calibration": {
+                "ece_bins": calibration.ECE_BINS,
+                "before": calibration.summary(before, dataset.y_test),
+                "after": calibration.summary(test, dataset.y_test),
+            },
+            "measured_through": "serving_default signature of this SavedModel, "
+            "at its own all_views_below",
+        },
+        "serving_choice": {**original.get("serving_choice", {}), "views": report},
+        **quantize_and_measure(version_dir, x_train, dataset.x_test, dataset.y_test),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from training.fit import make_train_dataset
 from training.models import (
     PatchWhitening,
     ScaledShift,
@@ -12,13 +13,7 @@ from training.models import (
     make_fast_model,
     make_seed_model,
 )
-from training.train import (
-    Lookahead,
-    TriangularSchedule,
-    make_train_dataset,
-    mirror_half,
-    translate,
-)
+from training.recipe import Lookahead, TriangularSchedule, mirror_half, translate
 
 
 def synthetic(count: int = 64) -> tuple[np.ndarray, np.ndarray]:

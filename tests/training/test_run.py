@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from training import train
 from training.__main__ import main as train_main
 from training.calibration import expected_calibration_error
+from training.config import RunConfig
 from training.evaluate import main as evaluate_main
+from training.fit import FitClock, TrainingInterrupted
 from training.hardware import choose_precision
-from training.train import RunConfig, TrainingInterrupted, run
+from training.train import run
 
 REPORT_FILES = {
     "history.csv",
@@ -170,13 +171,13 @@ def test_ctrl_c_keeps_the_checkpoint_and_resume_continues(
     npz_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = small_run(npz_dir, tmp_path)
-    finish_epoch = train.FitClock.on_epoch_end
+    finish_epoch = FitClock.on_epoch_end
 
     def ctrl_c_after_first_epoch(self, epoch, logs=None):
         finish_epoch(self, epoch, logs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train.FitClock, "on_epoch_end", ctrl_c_after_first_epoch)
+    monkeypatch.setattr(FitClock, "on_epoch_end", ctrl_c_after_first_epoch)
     with pytest.raises(TrainingInterrupted, match="--resume"):
         run(config)
     backup = tmp_path / "checkpoints" / "cifar10" / "backup"
@@ -198,7 +199,7 @@ def test_the_tta_choice_is_made_on_the_validation_split(tta: str) -> None:
     keeps the best (the cheapest on a tie); the temperature is fitted on the level kept."""
     from tests.training.test_export import tiny_model
     from training.export import view_logits
-    from training.train import choose_serving
+    from training.serving_choice import choose_serving
 
     model = tiny_model(softmax=False)
     rng = np.random.default_rng(3)
@@ -222,3 +223,30 @@ def test_the_tta_choice_is_made_on_the_validation_split(tta: str) -> None:
     best = max(measured.values())
     assert level == min(int(n) for n, a in measured.items() if a == best)
     assert report["tta_level"] == level and temperature > 0
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_the_run_keeps_in_memory_what_the_export_writes(adaptive: bool, tmp_path: Path) -> None:
+    """metadata.json is assembled in memory and written once: the part export_model adds to it
+    for the export's own readers is the run's `served_record`, not a copy read back."""
+    from tests.training.test_export import METADATA, tiny_model
+    from training.data import CIFAR10_LABELS
+    from training.export import AdaptiveViews, export_model, read_metadata
+    from training.serving_choice import Serving
+    from training.train import served_record
+
+    model = tiny_model(softmax=False)
+    views = AdaptiveViews(all_views_below=0.61234, one_view_temperature=1.3) if adaptive else None
+    serving = Serving(2 if adaptive else 1, 1.23456, views, {})
+    export_model(
+        model,
+        tmp_path / "1",
+        labels=CIFAR10_LABELS,
+        metadata=METADATA,
+        tta_level=serving.tta_level,
+        temperature=serving.temperature,
+        views=views,
+    )
+
+    in_memory = {**METADATA, **served_record(model, CIFAR10_LABELS, serving)}
+    assert json.dumps(in_memory) == json.dumps(read_metadata(tmp_path / "1"))
