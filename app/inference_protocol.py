@@ -391,9 +391,11 @@ def triton_version_policy(policy: VersionPolicy) -> dict[str, Any]:
 
 def model_statistics(name: str, version: str, stats: VersionStats) -> dict[str, Any]:
     """One version's entry of Triton's statistics extension (`model_stats`), durations as
-    {count, ns}. compute_infer is the model calls (a batch holds many requests); the time a
-    request waits in the batcher's queue and the decoding before it are not counted apart, so
-    queue, compute_input and compute_output are 0 and inside success."""
+    {count, ns}. Each phase counts the successful requests, as Triton's do (perf_analyzer
+    refuses compute counts that differ); compute_infer's time is the model calls' (a batch
+    counted once, however many requests it held). The time a request waits in the batcher's
+    queue and the decoding before it are not timed apart: queue, compute_input and
+    compute_output take 0 ns, their time is inside success."""
 
     def duration(count: int, seconds: float) -> dict[str, int]:
         return {"count": count, "ns": round(seconds * 1e9)}
@@ -407,10 +409,10 @@ def model_statistics(name: str, version: str, stats: VersionStats) -> dict[str, 
         "inference_stats": {
             "success": duration(*stats.success),
             "fail": duration(*stats.fail),
-            "queue": duration(0, 0),
-            "compute_input": duration(0, 0),
-            "compute_infer": duration(*stats.executions),
-            "compute_output": duration(0, 0),
+            "queue": duration(stats.success[0], 0),
+            "compute_input": duration(stats.success[0], 0),
+            "compute_infer": duration(stats.success[0], stats.executions[1]),
+            "compute_output": duration(stats.success[0], 0),
         },
         "batch_stats": [],
     }

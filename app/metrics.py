@@ -135,12 +135,17 @@ class Metrics:
         self.version_executions.labels(str(version)).observe(seconds)
 
     def version_stats(self, version: int) -> VersionStats:
-        """What `record_inference` and `record_batch` counted for `version` in this process
-        (with WORKERS > 1: in the process that answers)."""
+        """What `record_inference` and `record_batch` counted for `version`: with WORKERS > 1,
+        in every process, as /metrics sums them (a client such as perf_analyzer takes
+        differences between two reads, which a per-process answer would make negative)."""
         label = str(version)
+        registry = self.registry
+        if multiprocess():
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
 
         def sample(name: str, **labels: str) -> float:
-            return self.registry.get_sample_value(name, {"version": label, **labels}) or 0.0
+            return registry.get_sample_value(name, {"version": label, **labels}) or 0.0
 
         def duration(histogram: str, **labels: str) -> tuple[int, float]:
             return int(sample(f"{histogram}_count", **labels)), sample(f"{histogram}_sum", **labels)

@@ -336,11 +336,29 @@ def test_statistics_of_a_version_are_its_own_counters() -> None:
         "inference_stats": {
             "success": {"count": 1, "ns": 500_000_000},
             "fail": {"count": 1, "ns": 250_000_000},
-            "queue": {"count": 0, "ns": 0},
-            "compute_input": {"count": 0, "ns": 0},
-            "compute_infer": {"count": 1, "ns": 125_000_000},
-            "compute_output": {"count": 0, "ns": 0},
+            "queue": {"count": 1, "ns": 0},  # every phase counts the successful requests
+            "compute_input": {"count": 1, "ns": 0},
+            "compute_infer": {"count": 1, "ns": 125_000_000},  # the model calls' time
+            "compute_output": {"count": 1, "ns": 0},
         },
         "batch_stats": [],
     }
     assert oip.model_statistics(MODEL, "3", metrics.version_stats(3))["last_inference"] == 0
+
+
+def test_statistics_sum_every_worker_process(tiny_model_dir: Path) -> None:
+    """With WORKERS=2 the answer counts what both processes did, whichever answers: a client
+    that subtracts two reads (perf_analyzer) must never see a count go back."""
+    with serving(tiny_model_dir, WORKERS="2") as port:
+        url = f"http://127.0.0.1:{port}/v2/models/{MODEL}/stats"
+
+        def images_counted() -> int:
+            return httpx.get(url, timeout=30).json()["model_stats"][0]["inference_count"]
+
+        before = images_counted()
+        for _ in range(12):  # a new connection each: the kernel spreads them over the processes
+            answer = httpx.post(f"http://127.0.0.1:{port}/predict", files={"files": A_PNG})
+            assert answer.status_code == 200, answer.text
+        counts = [images_counted() for _ in range(6)]
+
+    assert counts == [before + 12] * 6
