@@ -200,8 +200,8 @@ class Settings(BaseSettings):
     )
     admin_api_key: SecretStr | None = Field(
         None,
-        description="The admin key: the /v2 repository API (load, unload) requires it in the "
-        "X-API-Key header; unset, that API answers 403. The inference key does not open it.",
+        description="The admin key: the /v2 repository API (index, load, unload) requires it in "
+        "the X-API-Key header; unset, that API answers 403. The inference key does not open it.",
     )
     log_level: str = Field("info", description="Python logging level name.")
 
