@@ -159,8 +159,9 @@ def export_model(
     tta_level: int = 0,
     temperature: float = 1.0,
     views: AdaptiveViews | None = None,
-) -> None:
-    """Write `version_dir` as a SavedModel with the `serving_default` signature plus metadata.json.
+) -> dict[str, Any]:
+    """Write `version_dir` as a SavedModel with the `serving_default` signature plus metadata.json,
+    and return the record written (a caller that adds to it need not read it back).
 
     The model must take float pixels in 0..255, NHWC; it is exported in float32, whatever policy
     it trained under (`float32_twin`). The signature serves
@@ -219,6 +220,7 @@ def export_model(
         "versions": library_versions(),
     }
     write_metadata(version_dir, full)
+    return full
 
 
 def views_record(views: AdaptiveViews, tta_level: int) -> dict[str, Any]:

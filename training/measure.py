@@ -4,6 +4,7 @@ INT8 model beside it, each precision measured through the app's own backend."""
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,3 +60,30 @@ def measure_export(
     write_golden(version_dir, dataset.x_test[:GOLDEN_SIZE])
     int8 = quantize_and_measure(version_dir, x_train, dataset.x_test, dataset.y_test, seed=seed)
     return Measured(test, val_accuracy, probabilities, uncalibrated, passes, int8)
+
+
+def measured_record(
+    record: dict[str, Any], measured: Measured, serving: Serving, y_test: np.ndarray, **more: Any
+) -> dict[str, Any]:
+    """metadata.json whole: the export's `record` with what was measured through it and how
+    its serving was chosen; `more` (how it trained, or whose weights it holds) before
+    `created`."""
+    return {
+        **record,
+        "serving": {**record["serving"], "forward_passes_per_image": measured.passes},
+        "metrics": {
+            "test_accuracy": measured.test.accuracy,
+            "val_accuracy": measured.val_accuracy,
+            "per_class_accuracy": measured.test.per_class_accuracy,
+            "test_calibration": {
+                "ece_bins": calibration.ECE_BINS,
+                "before": calibration.summary(measured.uncalibrated, y_test),
+                "after": calibration.summary(measured.probabilities, y_test),
+            },
+            "measured_through": "serving_default signature of this SavedModel",
+        },
+        "serving_choice": serving.report,
+        **measured.int8,
+        **more,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }

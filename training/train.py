@@ -9,7 +9,6 @@ is assembled in memory as the steps go and written once, when everything in it i
 
 from __future__ import annotations
 
-import datetime as dt
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +17,12 @@ from typing import Any
 import keras
 import numpy as np
 
-from training import calibration, hardware, recipe
+from training import hardware, recipe
 from training.config import RunConfig
 from training.data import Dataset, Split, load_dataset, split_validation
-from training.export import TTA_VIEWS, export_model, library_versions, views_record, write_metadata
+from training.export import export_model, write_metadata
 from training.fit import fit
-from training.measure import Measured, measure_export
+from training.measure import Measured, measure_export, measured_record
 from training.multiworker import checkpoint_dir, leave_after_fit, wait_for_every_worker
 from training.publish import publish, reserve
 from training.report import HISTORY_FILE, plot_reliability, write_model_summary, write_test_figures
@@ -73,7 +72,8 @@ def run(config: RunConfig) -> Path | None:
     measured = measure_export(
         partial_dir, data.dataset, data.split, data.x_train, serving, config.seed
     )
-    record = measured_record(record, measured, serving, config, hyp, machine, data, fit_seconds)
+    training = training_record(config, hyp, machine, data, fit_seconds)
+    record = measured_record(record, measured, serving, data.dataset.y_test, training=training)
     write_metadata(partial_dir, record)  # the one write of the whole record
     report(partial_dir / "report", built.model, work_dir, data, measured, serving.temperature)
     publish(partial_dir, version_dir)
@@ -168,7 +168,7 @@ def export(
             "test_size": len(dataset.x_test),
         },
     }
-    export_model(
+    return export_model(
         model,
         partial_dir,
         labels=dataset.labels,
@@ -177,73 +177,31 @@ def export(
         temperature=serving.temperature,
         views=serving.views,
     )
-    return record | served_record(model, dataset.labels, serving)
 
 
-def served_record(model: keras.Model, labels: Any, serving: Serving) -> dict[str, Any]:
-    """What export_model adds to the record in the metadata.json it writes for the export's own
-    readers (training.quantize, training.evaluate), kept here in memory instead of read back;
-    tests/training/test_run.py checks the two agree."""
-    height, width, channels = (int(d) for d in model.input_shape[1:])
-    level, views = serving.tta_level, serving.views
-    return {
-        "labels": list(labels),
-        "input": {"height": height, "width": width, "channels": channels, "dtype": "uint8"},
-        "serving": {
-            "tta_level": level,
-            "forward_passes_per_image": TTA_VIEWS[level],
-            "temperature": round(float(serving.temperature), 4),
-            **({} if views is None else {"views": views_record(views, level)}),
-        },
-        "versions": library_versions(),
-    }
-
-
-def measured_record(
-    record: dict[str, Any],
-    measured: Measured,
-    serving: Serving,
+def training_record(
     config: RunConfig,
     hyp: dict[str, Any],
     machine: hardware.Machine,
     data: Data,
     fit_seconds: float,
 ) -> dict[str, Any]:
-    """The whole of metadata.json: the export's record with what was measured through it, how
-    its serving was chosen, and how it trained."""
-    y_test, worker = data.dataset.y_test, machine.worker
+    """metadata.json's `training`: how it trained, on what."""
+    worker = machine.worker
     return {
-        **record,
-        "serving": {**record["serving"], "forward_passes_per_image": measured.passes},
-        "metrics": {
-            "test_accuracy": measured.test.accuracy,
-            "val_accuracy": measured.val_accuracy,
-            "per_class_accuracy": measured.test.per_class_accuracy,
-            "test_calibration": {
-                "ece_bins": calibration.ECE_BINS,
-                "before": calibration.summary(measured.uncalibrated, y_test),
-                "after": calibration.summary(measured.probabilities, y_test),
-            },
-            "measured_through": "serving_default signature of this SavedModel",
-        },
-        "serving_choice": serving.report,
-        **measured.int8,
-        "training": {
-            "epochs": recipe.total_epochs(config.arch, hyp),
-            "phases": recipe.phases(config.arch, hyp),
-            "batch_size": hyp["batch_size"],
-            "steps_per_epoch": data.steps_per_epoch,
-            "seed": config.seed,
-            "wall_clock_seconds": round(fit_seconds, 1),
-            "hardware": machine.description,
-            "precision": machine.precision.name,
-            "precision_reason": machine.precision.reason,
-            "allocator": hardware.allocator(),
-            "strategy": machine.strategy_name,
-            "cluster": worker and {"workers": worker.size, "chief": worker.task_type + ":0"},
-            "hyperparameters": {k: list(v) if isinstance(v, tuple) else v for k, v in hyp.items()},
-        },
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "epochs": recipe.total_epochs(config.arch, hyp),
+        "phases": recipe.phases(config.arch, hyp),
+        "batch_size": hyp["batch_size"],
+        "steps_per_epoch": data.steps_per_epoch,
+        "seed": config.seed,
+        "wall_clock_seconds": round(fit_seconds, 1),
+        "hardware": machine.description,
+        "precision": machine.precision.name,
+        "precision_reason": machine.precision.reason,
+        "allocator": hardware.allocator(),
+        "strategy": machine.strategy_name,
+        "cluster": worker and {"workers": worker.size, "chief": worker.task_type + ":0"},
+        "hyperparameters": {k: list(v) if isinstance(v, tuple) else v for k, v in hyp.items()},
     }
 
 

@@ -19,17 +19,17 @@ golden set, an INT8 model and the per-precision record as `python -m training` d
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import math
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from training import calibration
-from training.export import AdaptiveViews
+
+if TYPE_CHECKING:  # training.export imports TensorFlow; passes() and choose() need none of it
+    from training.export import AdaptiveViews
 
 MAX_CHANGED = 0.001  # of validation answers that may differ from every view's (0.1 %)
 
@@ -48,6 +48,8 @@ def choose(
     view's; the threshold sits just above the most confident of those beyond the allowance,
     rounded up to 4 decimals (what metadata.json keeps and the app feeds).
     """
+    from training.export import AdaptiveViews
+
     one_temperature = calibration.fit_temperature(one_logits, labels)
     one = calibration.softmax(one_logits, one_temperature)
     every = calibration.softmax(all_logits, temperature)
@@ -137,18 +139,14 @@ def rebuild(version_dir: Path, x_train: np.ndarray) -> Any:
 
 
 def derive(source: Path, data: str | None, version: int | None = None) -> Path:
-    """Export `source`'s weights with adaptive views as the next version of its model."""
+    """Export `source`'s weights with adaptive views as the next version of its model, then
+    measure, record and publish it with the training run's own steps."""
     from training.data import load_dataset, split_validation
     from training.evaluate import validation_logits
-    from training.export import (
-        GOLDEN_SIZE,
-        TTA_VIEWS,
-        export_model,
-        read_metadata,
-        write_golden,
-        write_metadata,
-    )
-    from training.publish import next_version
+    from training.export import TTA_VIEWS, export_model, read_metadata, write_metadata
+    from training.measure import measure_export, measured_record
+    from training.publish import publish, reserve
+    from training.serving_choice import Serving
 
     original = read_metadata(source)
     dataset = load_dataset(data)
@@ -163,15 +161,13 @@ def derive(source: Path, data: str | None, version: int | None = None) -> Path:
         TTA_VIEWS[level],
     )
     print(f"views on validation: {report}", flush=True)
+    serving = Serving(
+        level, temperature, views, {**original.get("serving_choice", {}), "views": report}
+    )
 
-    model_root = source.parent
-    version = version or next_version(model_root)
-    partial, final = model_root / f".{version}.partial", model_root / str(version)
-    if final.exists():
-        raise FileExistsError(f"{final} exists")
-    shutil.rmtree(partial, ignore_errors=True)
+    version, final, partial = reserve(source.parent, version)
     kept = ("name", "architecture", "dataset", "training")
-    export_model(
+    record = export_model(
         model,
         partial,
         labels=original["labels"],
@@ -180,59 +176,18 @@ def derive(source: Path, data: str | None, version: int | None = None) -> Path:
         temperature=temperature,
         views=views,
     )
-    write_golden(partial, dataset.x_test[:GOLDEN_SIZE])
-    metadata = read_metadata(partial)
-    metadata.update(measured(partial, original, views, report, dataset, split.x_train))
-    metadata["serving"]["forward_passes_per_image"] = metadata.pop("test_passes_per_image")
-    write_metadata(partial, metadata)
-    partial.rename(final)
-    return final
-
-
-def measured(
-    version_dir: Path,
-    original: dict[str, Any],
-    views: AdaptiveViews,
-    report: dict[str, Any],
-    dataset: Any,
-    x_train: np.ndarray,
-) -> dict[str, Any]:
-    """metadata.json's measured part for a derived version: test metrics through its signature
-    at its own threshold, the passes that cost, the views report, INT8 and every precision."""
-    from training.evaluate import predict_probabilities, score
-    from training.export import TTA_VIEWS
-    from training.quantize import quantize_and_measure
-
-    temperature, level = original["serving"]["temperature"], original["serving"]["tta_level"]
-    test = predict_probabilities(version_dir, dataset.x_test)
-    one_view = predict_probabilities(version_dir, dataset.x_test, views_below=0.0)
-    scored = score(test, dataset.y_test, original["labels"])
-    before = uncalibrated(test, one_view, views, temperature)
-    return {
-        "test_passes_per_image": passes(
-            one_view.max(axis=1), views.all_views_below, TTA_VIEWS[level]
-        ),
-        "derived_from": {
-            "version": f"{original['name']}/{original['version']}",
-            "how": "its weights, exported with adaptive views by `python -m training.views`; "
-            "`training` is that version's run",
-        },
-        "metrics": {
-            "test_accuracy": scored.accuracy,
-            "val_accuracy": report["val_accuracy"]["adaptive"],
-            "per_class_accuracy": scored.per_class_accuracy,
-            "test_calibration": {
-                "ece_bins": calibration.ECE_BINS,
-                "before": calibration.summary(before, dataset.y_test),
-                "after": calibration.summary(test, dataset.y_test),
-            },
-            "measured_through": "serving_default signature of this SavedModel, "
-            "at its own all_views_below",
-        },
-        "serving_choice": {**original.get("serving_choice", {}), "views": report},
-        **quantize_and_measure(version_dir, x_train, dataset.x_test, dataset.y_test),
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    measured = measure_export(partial, dataset, split, split.x_train, serving, seed=0)
+    derived_from = {
+        "version": f"{original['name']}/{original['version']}",
+        "how": "its weights, exported with adaptive views by `python -m training.views`; "
+        "`training` is that version's run",
     }
+    write_metadata(
+        partial,
+        measured_record(record, measured, serving, dataset.y_test, derived_from=derived_from),
+    )
+    publish(partial, final)
+    return final
 
 
 def main(argv: Sequence[str] | None = None) -> int:

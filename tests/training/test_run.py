@@ -227,18 +227,17 @@ def test_the_tta_choice_is_made_on_the_validation_split(tta: str) -> None:
 
 @pytest.mark.parametrize("adaptive", [False, True])
 def test_the_run_keeps_in_memory_what_the_export_writes(adaptive: bool, tmp_path: Path) -> None:
-    """metadata.json is assembled in memory and written once: the part export_model adds to it
-    for the export's own readers is the run's `served_record`, not a copy read back."""
+    """metadata.json is assembled in memory and written once: the record export_model returns,
+    which the run adds to, is the one it wrote for the export's own readers, not a copy."""
     from tests.training.test_export import METADATA, tiny_model
     from training.data import CIFAR10_LABELS
     from training.export import AdaptiveViews, export_model, read_metadata
     from training.serving_choice import Serving
-    from training.train import served_record
 
     model = tiny_model(softmax=False)
     views = AdaptiveViews(all_views_below=0.61234, one_view_temperature=1.3) if adaptive else None
     serving = Serving(2 if adaptive else 1, 1.23456, views, {})
-    export_model(
+    in_memory = export_model(
         model,
         tmp_path / "1",
         labels=CIFAR10_LABELS,
@@ -248,5 +247,4 @@ def test_the_run_keeps_in_memory_what_the_export_writes(adaptive: bool, tmp_path
         views=views,
     )
 
-    in_memory = {**METADATA, **served_record(model, CIFAR10_LABELS, serving)}
     assert json.dumps(in_memory) == json.dumps(read_metadata(tmp_path / "1"))
