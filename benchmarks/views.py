@@ -63,10 +63,10 @@ from benchmarks.run import (
     stop,
 )
 from training.calibration import ECE_BINS, expected_calibration_error
-from training.quantize import servable_precisions
+from training.quantize import MEASURE_BATCH, answers, servable_precisions
+from training.views import passes as adaptive_passes
 
 PORT = 8110  # this service's port, one configuration at a time
-MEASURE_BATCH = 256  # images per call when scoring the test set
 BARE_BATCHES = (1, 32, 256)  # batch sizes of the bare model's rates
 CYCLED_IMAGES = 512  # distinct test images the wrk requests cycle through
 PAYLOADS = {"png32": 1, "png32x16": 16}  # payload -> 32x32 PNGs per request
@@ -140,12 +140,6 @@ def label(config: Config, precision: str | None) -> str:
     return f"{config.version} {precision or 'default'}{views}"
 
 
-def passes_per_image(one_view_confidence: np.ndarray, views_below: float, views: int) -> float:
-    """One network pass per image, plus the other `views - 1` for each image whose one-view
-    confidence is below the threshold: what the adaptive graph computes on average."""
-    return 1 + (views - 1) * float(np.mean(one_view_confidence < views_below))
-
-
 def all_views(metadata: dict) -> int:
     """The network passes one image costs with every view: the version's own record."""
     serving = metadata.get("serving", {})
@@ -156,12 +150,6 @@ def all_views(metadata: dict) -> int:
 def per_image(views_below: float | None, count: int) -> np.ndarray | None:
     """The `views_below` array `Classifier.predict` takes; None: the version's own threshold."""
     return None if views_below is None else np.full(count, views_below, np.float32)
-
-
-def predict_all(classifier: Classifier, images: np.ndarray, views_below: float | None):
-    """Probabilities for `images`, MEASURE_BATCH at a time."""
-    batches = [images[i : i + MEASURE_BATCH] for i in range(0, len(images), MEASURE_BATCH)]
-    return np.concatenate([classifier.predict(b, per_image(views_below, len(b))) for b in batches])
 
 
 def bare_rate(
@@ -198,10 +186,10 @@ def measure_model(
     asked = classifier.views_below(config.views) if adaptive and config.views else None
     threshold = classifier.views_below("auto") if adaptive and asked is None else asked
     x, y = test
-    probabilities = predict_all(classifier, x, asked)
+    probabilities = answers(classifier, x, asked)
     if adaptive:
-        one_view = predict_all(classifier, x, 0.0).max(axis=1)
-        passes = passes_per_image(one_view, threshold, all_views(classifier.metadata))
+        one_view = answers(classifier, x, 0.0).max(axis=1)
+        passes = adaptive_passes(one_view, threshold, all_views(classifier.metadata))
     else:
         passes = float(all_views(classifier.metadata))
     rates = {b: bare_rate(classifier, bare_images, b, asked, seconds) for b in BARE_BATCHES}
@@ -222,7 +210,7 @@ def measure_peer_model(version_dir: Path, test: tuple[np.ndarray, np.ndarray]) -
     """The peers' accuracy: the SavedModel through TensorFlow float32, which is what they run."""
     classifier = load_classifier(version_dir, backend="tensorflow")
     x, y = test
-    probabilities = predict_all(classifier, x, None)
+    probabilities = answers(classifier, x, None)
     return Measured(
         key="peers",
         label="peers",

@@ -110,6 +110,7 @@ def measure(version_dir: Path, x_test: np.ndarray, y_test: np.ndarray) -> dict[s
     from app.golden import TOLERANCE, read_golden
     from training import calibration, hardware
     from training.export import read_metadata
+    from training.views import passes
 
     metadata = read_metadata(version_dir)
     golden = read_golden(version_dir, *x_test.shape[1:3], len(metadata["labels"]))
@@ -131,8 +132,9 @@ def measure(version_dir: Path, x_test: np.ndarray, y_test: np.ndarray) -> dict[s
             "golden_tolerance": TOLERANCE[precision],
         }
         if views is not None:
-            record[precision]["forward_passes_per_image"] = passes_per_image(
-                answers(backend, x_test, 0.0), own, views["passes"]["all"]
+            one_view = answers(backend, x_test, 0.0).max(axis=1)
+            record[precision]["forward_passes_per_image"] = passes(
+                one_view, own, views["passes"]["all"]
             )
         if golden is not None:
             result = golden.check(backend, precision)
@@ -149,13 +151,6 @@ def answers(backend: Any, images: np.ndarray, views_below: float | None = None) 
         return backend.predict(x, thresholds)
 
     return predict_in_batches(predict, images)
-
-
-def passes_per_image(one_view: np.ndarray, all_views_below: float, all_passes: int) -> float:
-    """Mean network passes per image under adaptive views: one, plus the other views for the
-    images whose one-view confidence is below the threshold."""
-    unsure = float(np.mean(one_view.max(axis=1) < all_views_below))
-    return round(1 + (all_passes - 1) * unsure, 3)
 
 
 def quantize_and_measure(

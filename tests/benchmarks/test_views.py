@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from benchmarks import views
+from training.views import passes as adaptive_passes
 
 
 def config(key: str) -> views.Config:
@@ -18,9 +19,9 @@ def config(key: str) -> views.Config:
 def test_adaptive_passes_are_one_view_plus_the_others_for_the_unsure_share() -> None:
     confidence = np.array([0.2, 0.5, 0.9, 0.99])
 
-    assert views.passes_per_image(confidence, 0.6, 6) == pytest.approx(1 + 5 * 0.5)
-    assert views.passes_per_image(confidence, 0.0, 6) == 1  # views=one
-    assert views.passes_per_image(confidence, math.inf, 6) == 6  # views=all
+    assert adaptive_passes(confidence, 0.6, 6) == pytest.approx(1 + 5 * 0.5)
+    assert adaptive_passes(confidence, 0.0, 6) == 1  # views=one
+    assert adaptive_passes(confidence, math.inf, 6) == 6  # views=all
 
 
 def test_a_version_s_views_come_from_its_own_record() -> None:
