@@ -149,19 +149,7 @@ def parse_request(
             f"the JSON part is {len(header)} bytes; no request needs more than {max_json_bytes} "
             "(send image files and large tensors as binary data)",
         )
-    try:
-        request = InferenceRequest.model_validate_json(header)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "body"
-        raise ProtocolError(400, f"invalid inference request: {where}: {first['msg']}") from None
-    for tensor in request.inputs:
-        if any(size < 0 for size in tensor.shape):
-            raise ProtocolError(
-                400,
-                f"input '{tensor.name}' has shape {tensor.shape}: a request's shape gives every "
-                "size (-1 is only for the model's metadata)",
-            )
+    request = validated_request(header)
     chunks, offset = [], 0
     for tensor in request.inputs:
         size = tensor.parameters.get("binary_data_size")
@@ -182,6 +170,28 @@ def parse_request(
     if offset != len(binary):
         raise ProtocolError(400, f"{len(binary) - offset} bytes after the last binary input")
     return request, chunks
+
+
+def validated_request(request: bytes | dict[str, Any]) -> InferenceRequest:
+    """A request's JSON (HTTP) or its fields (gRPC) as an InferenceRequest, checked as far as
+    no model is needed: every shape gives every size."""
+    try:
+        if isinstance(request, bytes):
+            parsed = InferenceRequest.model_validate_json(request)
+        else:
+            parsed = InferenceRequest.model_validate(request)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        raise ProtocolError(400, f"invalid inference request: {where}: {first['msg']}") from None
+    for tensor in parsed.inputs:
+        if any(size < 0 for size in tensor.shape):
+            raise ProtocolError(
+                400,
+                f"input '{tensor.name}' has shape {tensor.shape}: a request's shape gives every "
+                "size (-1 is only for the model's metadata)",
+            )
+    return parsed
 
 
 def decode_tensor(
@@ -323,20 +333,32 @@ def encode_classified(
     probabilities: np.ndarray,
     labels: Sequence[str],
 ) -> tuple[bytes, int | None]:
-    """The infer answer's body (see `encode_response`): each output asked for as the
-    probabilities, FP32 [N, labels], or with the classification extension as the k best of
-    each image, BYTES [N, k]."""
+    """The infer answer's body (see `encode_response` and `classified`)."""
     tensors: dict[str, tuple[np.ndarray | list[bytes], bool]] = {}
+    for requested, (output, value) in zip(
+        outputs, classified(outputs, probabilities, labels), strict=True
+    ):
+        response.outputs.append(output)
+        tensors[output.name] = (value, wants_binary(request, requested))
+    return encode_response(response, tensors)
+
+
+def classified(
+    outputs: Sequence[RequestOutput], probabilities: np.ndarray, labels: Sequence[str]
+) -> list[tuple[ResponseOutput, np.ndarray | list[bytes]]]:
+    """Each output asked for, described and with its value: the probabilities, FP32
+    [N, labels], or with the classification extension the k best of each image, BYTES [N, k]."""
+    answers: list[tuple[ResponseOutput, np.ndarray | list[bytes]]] = []
     for requested in outputs:
         count = requested.parameters.get("classification")
         if count:
             value: np.ndarray | list[bytes] = classification(probabilities, labels, int(count))
             shape, datatype = [len(probabilities), int(count)], "BYTES"
         else:
-            value, shape, datatype = probabilities, list(probabilities.shape), "FP32"
-        response.outputs.append(ResponseOutput(name=requested.name, shape=shape, datatype=datatype))
-        tensors[requested.name] = (value, wants_binary(request, requested))
-    return encode_response(response, tensors)
+            value = np.asarray(probabilities, DTYPES["FP32"])
+            shape, datatype = list(probabilities.shape), "FP32"
+        answers.append((ResponseOutput(name=requested.name, shape=shape, datatype=datatype), value))
+    return answers
 
 
 def classification(probabilities: np.ndarray, labels: Sequence[str], k: int) -> list[bytes]:

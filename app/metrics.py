@@ -8,6 +8,8 @@ so the model is a gauge with value 1 and the queue gauge is set on every change.
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -28,6 +30,13 @@ class VersionStats:
     executions: tuple[int, float]
     images: int
     last_inference_s: float
+
+
+@dataclass
+class Tally:
+    """What an inference request answered, filled in by the route as it goes."""
+
+    images: int = 0
 
 
 @dataclass
@@ -119,6 +128,18 @@ class Metrics:
             multiprocess_mode="max",
             registry=r,
         )
+
+    @contextmanager
+    def inference(self, version: int) -> Iterator[Tally]:
+        """Count one inference request on `version` (the statistics extension and /metrics):
+        a success when the block returns, with the images it put in the tally; a failure when
+        it raises."""
+        tally, started, ok = Tally(), time.perf_counter(), False
+        try:
+            yield tally
+            ok = True
+        finally:
+            self.record_inference(version, tally.images, time.perf_counter() - started, ok)
 
     def record_inference(self, version: int, images: int, seconds: float, ok: bool) -> None:
         """One inference request on `version` ended: answered (with `images`) or failed."""

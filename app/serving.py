@@ -209,7 +209,7 @@ def _open_and_decode_small(data: bytes, max_pixels: int, size: int) -> np.ndarra
 
 
 async def classify(
-    request: Request,
+    gone: Coroutine[Any, Any, None] | None,
     batcher: Batcher,
     images: Coroutine[Any, Any, np.ndarray],
     deadline: float,
@@ -219,26 +219,30 @@ async def classify(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode, queue and await the model: the request's images and the model's answer.
 
-    All of it races the deadline (the event loop's clock; 504 naming `limit_s`) and the client
-    going away (499). What has not started by then is dropped: decodes still waiting for a
+    All of it races the deadline (the event loop's clock; 504 naming `limit_s`) and `gone`,
+    which returns when the client goes away (499; HTTP: `disconnected`; gRPC cancels the call
+    itself). What has not started by then is dropped: decodes still waiting for a
     thread or for a full-size place, and a batch not yet computed. A decode already running
     finishes in its thread (threads cannot be stopped); the image limits bound it.
     """
     work = asyncio.ensure_future(_decode_and_infer(batcher, images, model_input, views_below))
-    gone = asyncio.ensure_future(_client_disconnected(request))
+    watch = asyncio.ensure_future(gone) if gone is not None else None
     timeout = max(deadline - asyncio.get_running_loop().time(), 0)
     try:
         done, _ = await asyncio.wait(
-            {work, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            {work} if watch is None else {work, watch},
+            timeout=timeout,
+            return_when=asyncio.FIRST_COMPLETED,
         )
     finally:
-        gone.cancel()
+        if watch is not None:
+            watch.cancel()
         if not work.done():
             work.cancel()  # drops the decodes and the batch not started, before we answer
             await asyncio.wait({work})
     if work in done:
         return work.result()
-    if gone in done:
+    if watch in done:
         raise ApiError(499, "client_closed_request", "the client closed the connection")
     raise ApiError(504, "timeout", f"no answer within REQUEST_TIMEOUT_S ({limit_s:g} s)")
 
@@ -275,7 +279,7 @@ def _submit(
         ) from None
 
 
-async def _client_disconnected(request: Request) -> None:
+async def disconnected(request: Request) -> None:
     """Returns when the client disconnects; the body has been read, so nothing else arrives."""
     while (await request.receive())["type"] != "http.disconnect":
         pass

@@ -95,7 +95,7 @@ async def explain(
         )
     async with slots.hold():
         images, probabilities = await serving.classify(
-            request,
+            serving.disconnected(request),
             batcher,
             serving.decode_all(files, names, classifier, settings.max_image_pixels, decode_pool),
             answering.deadline,

@@ -65,7 +65,7 @@ async def predict(
     names = serving.filenames(files)
     decoding = serving.decode_all(files, names, classifier, settings.max_image_pixels, decode_pool)
     _, probabilities = await serving.classify(
-        request,
+        serving.disconnected(request),
         batcher,
         decoding,
         answering.deadline,

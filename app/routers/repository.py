@@ -11,8 +11,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from app.errors import ApiError
+from app.open_inference import check_name, index
 from app.repository import ModelRepository
-from app.routers.v2 import ERRORS, ModelName, check_name
+from app.routers.v2 import ERRORS, ModelName
 
 router = APIRouter(prefix="/v2/repository", tags=["open inference protocol"])
 
@@ -54,8 +55,4 @@ async def repository_index(request: Request) -> list[dict[str, Any]]:
         raise ApiError(
             400, "invalid_request", 'the body is {"ready": true|false} or empty'
         ) from None
-    return [
-        {"name": repository.name, "version": v.version, "state": v.state, "reason": v.reason}
-        for v in repository.index()
-        if v.state == "READY" or not ready_only
-    ]
+    return index(repository, ready_only)
