@@ -7,7 +7,8 @@
 - The bodies of all requests in flight share MAX_UPLOAD_BYTES_IN_FLIGHT: 40 uploads of 32 MiB,
   each stopped short of its end, once held 1.16 GB until their timeout. A request whose body
   would pass the budget gets 503 with Retry-After (from its declared length, before a byte is
-  read; else as its bytes arrive); a body's bytes count until its response is sent.
+  read; else as its bytes arrive); a body's bytes count until its response is sent. gRPC's
+  messages count against the same budget (app.grpc_service).
 - A compressed body (`inflate`) is counted against MAX_UPLOAD_BYTES again after inflating, as
   it inflates: a compression bomb stops at the limit, never in memory past it.
 """
@@ -49,15 +50,33 @@ class BudgetSpent(HTTPException):
         )
 
 
+class InFlightBudget:
+    """MAX_UPLOAD_BYTES_IN_FLIGHT: the bytes of request bodies one process holds at once, HTTP
+    bodies and gRPC messages alike, until each is answered."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, count: int) -> bool:
+        """Hold `count` more bytes, unless that passes the budget."""
+        if self.held + count > self.limit:
+            return False
+        self.held += count
+        return True
+
+    def give(self, count: int) -> None:
+        self.held -= count
+
+
 class RequestLimitsMiddleware:
     def __init__(
-        self, app: ASGIApp, max_body_bytes: int, upload_timeout_s: float, max_in_flight: int
+        self, app: ASGIApp, max_body_bytes: int, upload_timeout_s: float, budget: InFlightBudget
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.upload_timeout_s = upload_timeout_s
-        self.max_in_flight = max_in_flight
-        self.in_flight = 0  # body bytes held by requests not yet answered, process-wide
+        self.budget = budget
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -76,14 +95,13 @@ class RequestLimitsMiddleware:
             await response(scope, receive, send)
             return
         reserved = declared or 0
-        if self.in_flight + reserved > self.max_in_flight:
-            spent = BudgetSpent(self.max_in_flight)
+        if not self.budget.take(reserved):
+            spent = BudgetSpent(self.budget.limit)
             response = error_response(
                 503, "overloaded", spent.detail, headers=spent.headers, path=scope["path"]
             )
             await response(scope, receive, send)
             return
-        self.in_flight += reserved
         deadline = asyncio.get_running_loop().time() + self.upload_timeout_s
         received = 0
         body_done = False
@@ -93,9 +111,8 @@ class RequestLimitsMiddleware:
             arrives."""
             nonlocal reserved
             if count > reserved:
-                if self.in_flight + count - reserved > self.max_in_flight:
-                    raise BudgetSpent(self.max_in_flight)
-                self.in_flight += count - reserved
+                if not self.budget.take(count - reserved):
+                    raise BudgetSpent(self.budget.limit)
                 reserved = count
 
         async def limited_receive() -> Message:
@@ -118,7 +135,7 @@ class RequestLimitsMiddleware:
         try:
             await self.app(scope, limited_receive, send)
         finally:
-            self.in_flight -= reserved
+            self.budget.give(reserved)
 
 
 def _content_length(scope: Scope) -> int | None:

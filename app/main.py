@@ -9,16 +9,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import grpc
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from app import openapi
+from app import grpc_service, openapi
 from app.access import AccessMiddleware
 from app.backends import resolve_backend
 from app.batcher import Batcher, BatchStats
 from app.deps import require_admin_key, require_api_key
 from app.errors import install_error_handlers
-from app.limits import RequestLimitsMiddleware
+from app.limits import InFlightBudget, RequestLimitsMiddleware
 from app.logs import configure_logging
 from app.metrics import Metrics
 from app.model import (
@@ -95,14 +96,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.explain_slots = Slots(
         settings.explain_concurrency, settings.explain_queue, "/explain"
     )
+    rpc = await grpc_service.start(app.state, settings) if settings.grpc_port else None
     app.state.ready = True
-    _drain_on_sigterm(app, settings.drain_delay_s)
+    _drain_on_sigterm(app, settings.drain_delay_s, rpc, settings.graceful_shutdown_s)
     watcher = asyncio.create_task(_watch(repository, settings.model_poll_s), name="model-poll")
     try:
         yield
     finally:
         app.state.ready = False
         watcher.cancel()
+        if rpc is not None:  # its calls finish within GRACEFUL_SHUTDOWN_S, as HTTP's
+            await rpc.stop(settings.graceful_shutdown_s)
         await repository.close()
         decode_pool.shutdown()
 
@@ -157,19 +161,27 @@ async def _watch(repository: ModelRepository, every_s: float) -> None:
             logger.exception("polling the model folder %s failed", repository.path)
 
 
-def _drain_on_sigterm(app: FastAPI, delay_s: float) -> None:
-    """On SIGTERM turn /health to 503 at once, then hand over to uvicorn's own shutdown
-    (stop listening, let in-flight requests finish, run the lifespan exit) after `delay_s`."""
+def _drain_on_sigterm(
+    app: FastAPI, delay_s: float, rpc: grpc.aio.Server | None, grace_s: float
+) -> None:
+    """On SIGTERM turn /health (and gRPC's ServerReady) to not ready at once, then after
+    `delay_s` stop taking requests: hand over to uvicorn's own shutdown (stop listening, let
+    in-flight requests finish, run the lifespan exit) and stop gRPC's listener likewise."""
     if threading.current_thread() is not threading.main_thread():
         return  # signal handlers can only be set from the main thread (not under TestClient)
     loop = asyncio.get_running_loop()
     server_handler = signal.getsignal(signal.SIGTERM)
 
+    def stop_listening(signum: int, frame: object) -> None:
+        if rpc is not None:
+            app.state.grpc_stopping = loop.create_task(rpc.stop(grace_s))
+        if callable(server_handler):
+            server_handler(signum, frame)
+
     def drain(signum: int, frame: object) -> None:
         app.state.ready = False
         logger.info("SIGTERM received: draining", extra={"drain_delay_s": delay_s})
-        if callable(server_handler):
-            loop.call_soon_threadsafe(loop.call_later, delay_s, server_handler, signum, frame)
+        loop.call_soon_threadsafe(loop.call_later, delay_s, stop_listening, signum, frame)
 
     signal.signal(signal.SIGTERM, drain)
 
@@ -189,6 +201,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.ready = False
     app.state.metrics = Metrics()
+    app.state.upload_budget = InFlightBudget(settings.max_upload_bytes_in_flight)
     install_error_handlers(app)
     if settings.cors_allow_origins:
         app.add_middleware(
@@ -201,7 +214,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         RequestLimitsMiddleware,
         max_body_bytes=settings.max_upload_bytes,
         upload_timeout_s=settings.upload_timeout_s,
-        max_in_flight=settings.max_upload_bytes_in_flight,
+        budget=app.state.upload_budget,
     )
     app.add_middleware(AccessMiddleware, metrics=app.state.metrics)
     # Only with an API key configured do the routes (and their OpenAPI) require it.

@@ -58,6 +58,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
+        self.grpc_requests = Counter(
+            "grpc_requests",
+            "gRPC calls (the Open Inference Protocol on GRPC_PORT) by method and status code.",
+            ["method", "code"],
+            registry=r,
+        )
         self.images = Counter("images_classified", "Images returned with a prediction.", registry=r)
         self.batch_images = Histogram(
             "inference_batch_size_images",

@@ -141,6 +141,20 @@ def index(repository: ModelRepository, ready_only: bool) -> list[dict[str, Any]]
     ]
 
 
+async def load(repository: ModelRepository, name: str) -> None:
+    """Look at the model folder now (as a poll does): load new versions, unload removed ones."""
+    check_name(repository, name)
+    await repository.poll()
+    if not repository.versions:
+        raise ApiError(503, "not_ready", f"no version of '{name}' could be loaded")
+
+
+async def unload(repository: ModelRepository, name: str) -> None:
+    """Stop serving every version; in-flight requests finish first."""
+    check_name(repository, name)
+    await repository.unload()
+
+
 async def infer(
     request: InferenceRequest,
     chunks: list[bytes],

@@ -55,7 +55,10 @@ class Settings(BaseSettings):
     # Request limits
     max_images_per_request: int = Field(64, ge=1, le=1024, description="Files per request.")
     max_upload_bytes: int = Field(
-        32 * 1024 * 1024, ge=1024, description="Whole request body, in bytes."
+        32 * 1024 * 1024,
+        ge=1024,
+        description="Whole request body, in bytes (a compressed one once inflated); gRPC: "
+        "the largest message.",
     )
     max_image_pixels: int = Field(
         40_000_000, ge=1024, description="Width x height of one image, read from its header."
@@ -64,8 +67,8 @@ class Settings(BaseSettings):
         256 * 1024 * 1024,
         ge=1024,
         description="Request bodies held at once by one process, in bytes (from each declared "
-        "length, else as bytes arrive, until the answer is sent); beyond it, 503 with "
-        "Retry-After.",
+        "length, else as bytes arrive, until the answer is sent; gRPC messages too); beyond "
+        "it, 503 with Retry-After (gRPC: UNAVAILABLE).",
     )
     upload_timeout_s: float = Field(
         60.0, gt=0, description="Longest time to receive a request body; slower clients get 408."
@@ -148,6 +151,14 @@ class Settings(BaseSettings):
     )
     host: str = Field("0.0.0.0", description="Address uvicorn binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port uvicorn binds.")
+    grpc_port: int = Field(
+        8001,
+        ge=0,
+        le=65535,
+        description="Port of the Open Inference Protocol over gRPC (inference."
+        "GRPCInferenceService, as Triton's 8001), on HOST; every process of WORKERS serves it "
+        "(SO_REUSEPORT). 0: no gRPC.",
+    )
     listen_fd: int | None = Field(
         None,
         ge=0,
@@ -173,7 +184,8 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         1024,
         ge=1,
-        description="Open connections per process; a request beyond them gets a JSON 503.",
+        description="Open connections per process; a request beyond them gets a JSON 503. "
+        "gRPC: calls at once per process; one more gets RESOURCE_EXHAUSTED.",
     )
     drain_delay_s: float = Field(
         0.0,

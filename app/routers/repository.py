@@ -10,29 +10,19 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from app import open_inference
 from app.errors import ApiError
-from app.open_inference import check_name, index
 from app.repository import ModelRepository
 from app.routers.v2 import ERRORS, ModelName
 
 router = APIRouter(prefix="/v2/repository", tags=["open inference protocol"])
 
 
-def _repository(request: Request, name: str) -> ModelRepository:
-    """The repository itself, loaded versions or not (an unloaded one must be loadable)."""
-    repository: ModelRepository = request.app.state.repository
-    check_name(repository, name)
-    return repository
-
-
 @router.post("/models/{name}/load", responses=ERRORS)
 async def load_model(request: Request, name: ModelName) -> JSONResponse:
     """Look at the model folder now (as a poll does): load new versions, unload removed ones.
     For deployments with MODEL_POLL_S=0; needs ADMIN_API_KEY set, and that key."""
-    repository = _repository(request, name)
-    await repository.poll()
-    if not repository.versions:
-        raise ApiError(503, "not_ready", f"no version of '{name}' could be loaded")
+    await open_inference.load(request.app.state.repository, name)
     return JSONResponse({})
 
 
@@ -40,7 +30,7 @@ async def load_model(request: Request, name: ModelName) -> JSONResponse:
 async def unload_model(request: Request, name: ModelName) -> JSONResponse:
     """Stop serving every version (in-flight requests finish first); /health turns 503 until
     a load, or the next poll when MODEL_POLL_S > 0."""
-    await _repository(request, name).unload()
+    await open_inference.unload(request.app.state.repository, name)
     return JSONResponse({})
 
 
@@ -55,4 +45,4 @@ async def repository_index(request: Request) -> list[dict[str, Any]]:
         raise ApiError(
             400, "invalid_request", 'the body is {"ready": true|false} or empty'
         ) from None
-    return index(repository, ready_only)
+    return open_inference.index(repository, ready_only)
