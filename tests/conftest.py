@@ -46,6 +46,8 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ.pop(name.upper(), None)
     # Set here, not per test: subprocess servers and Settings() both read the environment.
     os.environ["INFERENCE_PRECISION"] = config.getoption("--precision")
+    # No gRPC unless a test gives its server a port: every server would bind 8001.
+    os.environ["GRPC_PORT"] = "0"
 
 
 def precision() -> str:
