@@ -31,7 +31,7 @@ COPY app ./app
 COPY models ./models
 COPY pyproject.toml ./
 USER app
-EXPOSE 8000
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python3", "-c", "import urllib.request, sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2).status != 200)"]
 # Settings come from the environment (see README); `python -m app` starts uvicorn with them.

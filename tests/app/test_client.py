@@ -70,8 +70,15 @@ def test_a_server_that_sheds_load_gets_every_image_after_retries(
 ) -> None:
     images = sorted((folder / "a").glob("*.png"))[:96]
     out = tmp_path / "rows.csv"
+    # Room for two 16-image bodies at once (each ~55 kB): of six sent together, the others
+    # are shed at once, whatever this CPU's speed (a full batcher queue alone depends on it).
+    shedding = {"MAX_UPLOAD_BYTES": str(64 * 1024), "MAX_UPLOAD_BYTES_IN_FLIGHT": str(128 * 1024)}
     with serving(
-        tiny_model_dir, MAX_QUEUE_IMAGES="16", MAX_BATCH_SIZE="16", MAX_IMAGES_PER_REQUEST="16"
+        tiny_model_dir,
+        MAX_QUEUE_IMAGES="16",
+        MAX_BATCH_SIZE="16",
+        MAX_IMAGES_PER_REQUEST="16",
+        **shedding,
     ) as port:
         url = f"http://127.0.0.1:{port}"
         result = run_client(

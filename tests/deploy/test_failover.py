@@ -1,4 +1,5 @@
-"""Two instances behind the project's nginx config: one is stopped, no client request fails."""
+"""Two instances behind the project's nginx config: one is stopped, no client request fails;
+and gRPC through the same config."""
 
 import os
 import shutil
@@ -9,7 +10,10 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+import tritonclient.grpc as triton_grpc
+from tritonclient.utils import InferenceServerException
 
 from tests.conftest import REPO, image_bytes
 from tests.servers import free_port, http_get, start_server, wait_until_healthy
@@ -38,12 +42,23 @@ def wait_for(condition, failure: str, seconds: float = 60) -> None:
         time.sleep(0.05)
 
 
-def start_nginx(tmp_path: Path, listen: int, upstreams: list[int]) -> subprocess.Popen:
+def start_nginx(
+    tmp_path: Path,
+    listen: int,
+    upstreams: list[int],
+    grpc_listen: int | None = None,
+    grpc_upstreams: list[int] | None = None,
+) -> subprocess.Popen:
+    """nginx with the project's config; gRPC on free ports to nowhere unless given."""
+    grpc_upstreams = grpc_upstreams or [free_port(), free_port()]
     config = NGINX_TEMPLATE.read_text()
     for name, value in {
         "${UPSTREAM_1}": f"127.0.0.1:{upstreams[0]}",
         "${UPSTREAM_2}": f"127.0.0.1:{upstreams[1]}",
         "${LISTEN_PORT}": f"127.0.0.1:{listen}",
+        "${UPSTREAM_GRPC_1}": f"127.0.0.1:{grpc_upstreams[0]}",
+        "${UPSTREAM_GRPC_2}": f"127.0.0.1:{grpc_upstreams[1]}",
+        "${GRPC_LISTEN_PORT}": f"127.0.0.1:{grpc_listen or free_port()}",
     }.items():
         config = config.replace(name, value)
     config = config.replace("pid /tmp/nginx.pid;", f"pid {tmp_path}/nginx.pid;")
@@ -119,3 +134,34 @@ def test_sigterm_and_kill_of_one_instance_loses_no_request(tiny_model_dir, tmp_p
     assert served_before > 0 and len(statuses) > served_before
     assert failures == []
     assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+
+
+def test_grpc_through_nginx_reaches_the_replica_that_is_up(tiny_model_dir, tmp_path) -> None:
+    """The config's gRPC server proxies the protocol; a replica that is down is skipped."""
+    grpc_port, nginx_grpc, down = free_port(), free_port(), free_port()
+    server, port = start_server(tiny_model_dir, GRPC_PORT=str(grpc_port))
+    nginx = start_nginx(tmp_path, free_port(), [port, port], nginx_grpc, [down, grpc_port])
+    images = np.zeros((2, 32, 32, 3), np.uint8)
+    try:
+        wait_until_healthy(port, server)
+        with triton_grpc.InferenceServerClient(f"127.0.0.1:{nginx_grpc}") as client:
+            wait_for(lambda: _ready(client), "nginx never proxied gRPC")
+            answers = []
+            for _ in range(4):  # round robin: some go to the replica that is down first
+                tensor = triton_grpc.InferInput("images", [2, 32, 32, 3], "UINT8")
+                tensor.set_data_from_numpy(images)
+                answers.append(client.infer("cifar10", [tensor]).as_numpy("probabilities"))
+    finally:
+        nginx.send_signal(signal.SIGQUIT)
+        server.terminate()
+        for process in (server, nginx):
+            process.wait(30)
+
+    assert all(answer.shape == (2, 10) for answer in answers)
+
+
+def _ready(client) -> bool:
+    try:
+        return client.is_server_ready()
+    except InferenceServerException:
+        return False
