@@ -118,7 +118,9 @@ def write(rows: list[tuple[int, str, dict[str, float | None]]], health: dict) ->
         "# perf_analyzer against this service (Open Inference Protocol, HTTP and gRPC)",
         "",
         f"`python -m benchmarks.perf_analyzer --perf-analyzer PATH`, "
-        f"{dt.date.today().isoformat()}, {os.cpu_count()} CPUs ({run.cpu_model()}); "
+        f"{dt.date.today().isoformat()}, {os.cpu_count()} CPUs ({run.cpu_model()}; flags: "
+        + ", ".join(f"{flag} {'yes' if on else 'no'}" for flag, on in views.cpu_flags().items())
+        + "); "
         f"perf_analyzer from tritonclient 2.41.1; served {served} by `python -m app` with "
         "its defaults; one image per request, cycling through 64 CIFAR-10 test images "
         "(perf_analyzer: a 32x32 UINT8 tensor; wrk: its PNG); perf_analyzer's 5 s measurement "
