@@ -12,6 +12,7 @@ from typing import Annotated
 from fastapi import Depends, Query, Request, Security
 from fastapi.security import APIKeyHeader
 from pydantic import SecretStr
+from starlette.datastructures import State
 
 from app.batcher import Batcher
 from app.errors import ApiError
@@ -27,17 +28,23 @@ async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def serving_ready(request: Request) -> bool:
-    """A version is loaded and the process is not draining: what the readiness probes say."""
-    repository: ModelRepository | None = getattr(request.app.state, "repository", None)
-    return getattr(request.app.state, "ready", False) and bool(repository and repository.versions)
+def serving_ready(state: State) -> bool:
+    """A version is loaded and the process is not draining: what the readiness probes say
+    (HTTP's and gRPC's; `state` is the app's)."""
+    repository: ModelRepository | None = getattr(state, "repository", None)
+    return getattr(state, "ready", False) and bool(repository and repository.versions)
 
 
-async def get_repository(request: Request) -> ModelRepository:
-    repository: ModelRepository | None = getattr(request.app.state, "repository", None)
+def loaded_repository(state: State) -> ModelRepository:
+    """The app's repository with a version to answer from, else 503 (HTTP and gRPC)."""
+    repository: ModelRepository | None = getattr(state, "repository", None)
     if repository is None or not repository.versions:
         raise ApiError(503, "not_ready", "the model is not loaded yet")
     return repository
+
+
+async def get_repository(request: Request) -> ModelRepository:
+    return loaded_repository(request.app.state)
 
 
 RepositoryDep = Annotated[ModelRepository, Depends(get_repository)]

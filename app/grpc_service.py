@@ -1,5 +1,5 @@
 """The Open Inference Protocol over gRPC: Triton's `inference.GRPCInferenceService` on
-GRPC_PORT, so `tritonclient.grpc`, perf_analyzer -i grpc and KServe's gRPC clients work.
+GRPC_PORT, so `tritonclient.grpc` and perf_analyzer -i grpc work.
 
 It runs in the HTTP server's process and event loop (grpcio's asyncio server), and every RPC
 calls what HTTP's /v2 calls (app.open_inference): the same version hold, checks, limits,
@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-import numpy as np
 from google.protobuf import json_format, message_factory
 from google.protobuf.message import Message
 from starlette.datastructures import State
@@ -26,7 +25,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2
 
 from app import inference_protocol as oip
 from app import open_inference
-from app.deps import holds_api_key, require_admin_key
+from app.deps import holds_api_key, loaded_repository, require_admin_key, serving_ready
 from app.errors import ApiError
 from app.inference_protocol import InferenceRequest, ProtocolError
 from app.limits import BudgetSpent
@@ -116,17 +115,14 @@ class InferenceService:
         return self.state.repository
 
     def _serving(self) -> ModelRepository:
-        """The repository, with a version to answer (HTTP's get_repository)."""
-        if not self.repository.versions:
-            raise ApiError(503, "not_ready", "the model is not loaded yet")
-        return self.repository
+        """The repository, with a version to answer (503 otherwise, as HTTP's)."""
+        return loaded_repository(self.state)
 
     async def ServerLive(self, request: Message, context: Any) -> Message:
         return service_pb2.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request: Message, context: Any) -> Message:
-        ready = getattr(self.state, "ready", False) and bool(self.repository.versions)
-        return service_pb2.ServerReadyResponse(ready=ready)
+        return service_pb2.ServerReadyResponse(ready=serving_ready(self.state))
 
     async def ServerMetadata(self, request: Message, context: Any) -> Message:
         return service_pb2.ServerMetadataResponse(**open_inference.server_metadata().model_dump())
@@ -165,7 +161,7 @@ class InferenceService:
         models = open_inference.index(self.repository, ready_only=request.ready)
         response = service_pb2.RepositoryIndexResponse()
         for model in models:
-            response.models.add(**model | {"version": str(model["version"])})
+            response.models.add(**model)
         return response
 
     async def RepositoryModelLoad(self, request: Message, context: Any) -> Message:
@@ -274,8 +270,7 @@ def infer_response(answer: open_inference.Answer) -> Message:
         message.parameters[key].string_param = str(value)
     for output, value in oip.classified(answer.outputs, answer.probabilities, answer.labels):
         message.outputs.add(name=output.name, datatype=output.datatype, shape=output.shape)
-        raw = oip.encode_bytes(value) if isinstance(value, list) else np.asarray(value).tobytes()
-        message.raw_output_contents.append(raw)
+        message.raw_output_contents.append(oip.raw_tensor(output.datatype, value))
     return message
 
 

@@ -274,6 +274,12 @@ def encode_bytes(items: Sequence[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(item)) + item for item in items)
 
 
+def raw_tensor(datatype: str, value: np.ndarray | list[bytes]) -> bytes:
+    """An output's bytes as both transports send them (HTTP's binary data, gRPC's raw
+    contents): BYTES elements length-prefixed, numbers as the array's bytes."""
+    return encode_bytes(value) if datatype == "BYTES" else value.tobytes()  # type: ignore[union-attr, arg-type]
+
+
 def _check_shape(tensor: RequestInput, shape: Sequence[int]) -> None:
     expected = list(shape)
     ok = len(tensor.shape) == len(expected) and all(
@@ -295,7 +301,7 @@ def encode_response(
     for output in response.outputs:
         value, as_binary = tensors[output.name]
         if as_binary:
-            raw = encode_bytes(value) if output.datatype == "BYTES" else value.tobytes()  # type: ignore[union-attr, arg-type]
+            raw = raw_tensor(output.datatype, value)
             output.parameters = {**(output.parameters or {}), "binary_data_size": len(raw)}
             binary.append(raw)
         elif output.datatype == "BYTES":

@@ -18,7 +18,7 @@ router = APIRouter(prefix="/health", tags=["health"])
 )
 async def ready(request: Request, settings: SettingsDep) -> HealthResponse | JSONResponse:
     """200 once the model is loaded and warmed up and the process is not draining; else 503."""
-    if not serving_ready(request):
+    if not serving_ready(request.app.state):
         return error_response(503, "not_ready", "the model is loading or the service is draining")
     # The key read here, not declared: /health is public, and its OpenAPI says so.
     if settings.protect_details and not holds_api_key(settings, request.headers.get("X-API-Key")):

@@ -92,7 +92,7 @@ async def server_live() -> oip.LiveResponse:
 )
 async def server_ready(request: Request) -> ReadyResponse | JSONResponse:
     """200 when a model version is loaded and the process is not draining; else 503."""
-    if serving_ready(request):
+    if serving_ready(request.app.state):
         return ReadyResponse(ready=True)
     return JSONResponse({"ready": False}, status_code=503)
 

@@ -23,7 +23,7 @@ from google.protobuf.message import Message
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from tests.app.test_v2_extensions import add_version
+from tests.app.test_v2_extensions import add_version, pixels
 from tests.conftest import LABELS, break_version, png_of
 from tests.servers import free_port, serving, start_server, wait_until_healthy
 
@@ -32,10 +32,6 @@ KEY = {"x-api-key": "key"}
 ADMIN = {"x-api-key": "admin"}
 MAX_UPLOAD_BYTES = 256 * 1024
 MAX_IMAGES = 4
-
-
-def pixels(count: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
 
 
 def tensor(images: np.ndarray, datatype: str = "UINT8") -> triton.InferInput:
